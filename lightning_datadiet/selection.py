@@ -1,0 +1,625 @@
+"""Selection rules: which training examples to keep, given one score per example.
+
+Every rule is a pure function on tensors that returns the kept indices as a sorted ``LongTensor``.
+
+**The ranking.** All score-based rules share one order: the *ascending rank order*, i.e. examples sorted by
+``(score, index)`` ascending (see :func:`rank_order`). Rank 0 is the lowest score; among equal scores the lower
+index comes first. ``+inf`` sorts above every finite score (never-learned examples under forgetting are the
+hardest), ``-inf`` below, ``-0.0`` equals ``0.0``, and NaN is refused. Consequences, exactly:
+
+- :func:`highest` keeps the top ``k`` ranks, so among tied scores it keeps the **larger** indices;
+- :func:`lowest` keeps the bottom ``k`` ranks, so among tied scores it keeps the **smaller** indices;
+- :func:`window` keeps ranks ``[offset, offset + size)``; ``highest`` is ``window(size=k, offset=N - k)`` and
+  ``lowest`` is ``window(size=k, offset=0)``.
+
+**Counts and fractions.** A ``k`` (``size``, ``offset``) given as an ``int`` is a count; a ``float`` is a fraction of
+``N`` turned into a count by :func:`keep_count` (round half up, computed exactly on the decimal value written).
+
+**Class balance.** With ``class_balanced=True`` the budget ``k`` is split into per-class quotas proportional to class
+frequency by :func:`class_quotas` (largest-remainder rounding; they sum exactly to ``k``), and the rule is applied
+within each class (ranks are then ranks within the class).
+
+All rules run in O(N log N) without Python loops over examples (loops over classes or strata only).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "SELECTION_RULES",
+    "check_scores",
+    "rank_order",
+    "keep_count",
+    "class_quotas",
+    "highest",
+    "lowest",
+    "random",
+    "window",
+    "coverage",
+    "select",
+    "same_steps_epochs",
+    "retrain_epochs",
+]
+
+SELECTION_RULES: tuple[str, ...] = ("highest", "lowest", "random", "window", "coverage")
+"""Names accepted by :func:`select` and by ``PrunedDataModule(selection=...)``."""
+
+Count = Union[int, float]
+
+
+# ----------------------------------------------------------------------------------------------- input checks
+
+
+def check_scores(scores: Any, *, allow_infinite: bool = True, name: str = "scores") -> Tensor:
+    """Validate one score per example and return it as a 1-D CPU tensor (floating or integer dtype).
+
+    Raises:
+        TypeError: not a 1-D real tensor (or something ``torch.as_tensor`` turns into one).
+        ValueError: NaN scores; ``+/-inf`` scores when ``allow_infinite=False``; an empty vector.
+    """
+    if not isinstance(scores, Tensor):
+        try:
+            scores = torch.as_tensor(scores)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"`{name}` must be a 1-D tensor of one score per example, got {type(scores).__name__}.") from err
+    scores = scores.detach().cpu()
+    if scores.ndim != 1 or scores.dtype == torch.bool or scores.is_complex():
+        raise TypeError(
+            f"`{name}` must be a 1-D real tensor of one score per example, got shape {tuple(scores.shape)} and dtype "
+            f"{scores.dtype}."
+        )
+    if scores.numel() == 0:
+        raise ValueError(f"`{name}` is empty: there is nothing to select from.")
+    if scores.is_floating_point():
+        nan = torch.isnan(scores)
+        if bool(nan.any()):
+            first = nan.nonzero()[:5].flatten().tolist()
+            raise ValueError(
+                f"`{name}` holds {int(nan.sum())} NaN value(s) (first at indices {first}). NaN has no rank: recompute "
+                "the scores (a diverged run gives NaN) or fill them explicitly, e.g. `torch.nan_to_num(scores, nan=...)`."
+            )
+        if not allow_infinite:
+            inf = torch.isinf(scores)
+            if bool(inf.any()):
+                first = inf.nonzero()[:5].flatten().tolist()
+                raise ValueError(
+                    f"`{name}` holds {int(inf.sum())} infinite value(s) (first at indices {first}) but infinite scores "
+                    "are not allowed here. Pass `allow_infinite=True` (forgetting gives +inf to never-learned "
+                    "examples, which then rank as the hardest) or replace them with a finite value."
+                )
+    return scores
+
+
+def _check_labels(labels: Any, n: int) -> Tensor:
+    if labels is None:
+        raise ValueError(
+            "`class_balanced=True` needs the class label of every example: pass `labels=` (a LongTensor[N]; "
+            "`lightning_datadiet.data.targets.dataset_targets(dataset)` reads them)."
+        )
+    labels = torch.as_tensor(labels).detach().cpu()
+    if labels.ndim != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"`labels` must be a 1-D integer tensor of class ids, got shape {tuple(labels.shape)} and dtype {labels.dtype}.")
+    if labels.numel() != n:
+        raise ValueError(f"`labels` has {labels.numel()} entries but there are {n} scores; they must describe the same examples.")
+    if n and int(labels.min()) < 0:
+        raise ValueError("`labels` must be non-negative class ids; remap them, e.g. with `torch.unique(labels, return_inverse=True)`.")
+    return labels.long()
+
+
+def _exact(value: float) -> Fraction:
+    # the decimal the user wrote (0.35 -> 7/20), not its binary approximation (0.34999...)
+    return Fraction(repr(float(value)))
+
+
+def _round_half_up(x: Fraction) -> int:
+    return math.floor(x + Fraction(1, 2))
+
+
+def keep_count(n: int, keep_fraction: float) -> int:
+    """Number of examples kept when keeping ``keep_fraction`` of ``n``.
+
+    ``round_half_up(n * keep_fraction)``, computed exactly on the decimal value of ``keep_fraction`` (so
+    ``keep_count(10, 0.35) == 4`` and ``keep_count(5, 0.5) == 3``), and at least 1.
+
+    Raises:
+        ValueError: ``keep_fraction`` outside ``(0, 1]`` or ``n < 1``.
+    """
+    if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, (int, float)):
+        raise TypeError(f"`keep_fraction` must be a number in (0, 1], got {keep_fraction!r}.")
+    if not 0.0 < keep_fraction <= 1.0:
+        raise ValueError(
+            f"`keep_fraction` must lie in (0, 1], got {keep_fraction!r}: it is the fraction of the training set kept "
+            "(0.5 keeps half). To keep an absolute number of examples pass an int count to the selection rule."
+        )
+    if n < 1:
+        raise ValueError(f"Cannot select from {n} examples.")
+    return max(1, min(n, _round_half_up(n * _exact(keep_fraction))))
+
+
+def _as_count(value: Count, n: int, *, name: str, allow_zero: bool) -> int:
+    """An int is a count; a float is a fraction of ``n`` (round half up)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be an int count or a float fraction of N, got {value!r}.")
+    if isinstance(value, float):
+        lo_ok = value >= 0.0 if allow_zero else value > 0.0
+        if not (lo_ok and value <= 1.0):
+            bound = "[0, 1]" if allow_zero else "(0, 1]"
+            raise ValueError(f"`{name}`={value!r} as a float is a fraction of N and must lie in {bound}; pass an int for a count.")
+        count = _round_half_up(n * _exact(value))
+        return count if allow_zero else max(1, count)
+    lo = 0 if allow_zero else 1
+    if not lo <= value <= n:
+        raise ValueError(f"`{name}`={value} as an int is a count and must lie in [{lo}, {n}] for N = {n} examples.")
+    return int(value)
+
+
+# ------------------------------------------------------------------------------------------------ the ranking
+
+
+def _sort_key(scores: Tensor) -> Tensor:
+    """An integer tensor whose order equals the order of ``scores`` (no NaN), so an integer radix sort applies."""
+    if not scores.is_floating_point():
+        return scores if scores.dtype in (torch.int32, torch.int64) else scores.to(torch.int64)
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
+    scores = torch.where(scores == 0, torch.zeros_like(scores), scores)  # -0.0 ties with 0.0
+    if scores.dtype == torch.float32:
+        bits, mask = scores.view(torch.int32), 0x7FFFFFFF
+    else:
+        bits, mask = scores.to(torch.float64).view(torch.int64), 0x7FFFFFFFFFFFFFFF
+    # IEEE-754: non-negative floats order like their bit patterns; negative ones in reverse
+    return torch.where(bits < 0, bits ^ mask, bits)
+
+
+def rank_order(scores: Tensor) -> Tensor:
+    """Indices of ``scores`` in ascending rank order: sorted by ``(score, index)``.
+
+    ``rank_order(s)[r]`` is the index of the example of rank ``r``. Ties are broken by index (the lower index
+    gets the lower rank); ``+inf`` ranks above every finite score. NaN is refused.
+
+    Example:
+        >>> rank_order(torch.tensor([0.5, 0.1, 0.5, float("inf"), 0.1])).tolist()
+        [1, 4, 0, 2, 3]
+    """
+    scores = check_scores(scores)
+    return torch.sort(_sort_key(scores), stable=True).indices
+
+
+def _as_sorted(indices: Tensor, n: int) -> Tensor:
+    """Sorted indices in O(n) through a mask."""
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[indices] = True
+    return mask.nonzero().flatten()
+
+
+def _group_order(groups: Tensor) -> Tensor:
+    """Stable argsort of small non-negative group ids (an integer radix sort on the narrowest dtype)."""
+    top = int(groups.max()) if groups.numel() else 0
+    small = groups.to(torch.int16 if top < 2**15 else torch.int32 if top < 2**31 else torch.int64)
+    return torch.argsort(small, stable=True)
+
+
+def _take_per_group(order: Tensor, groups: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """For each group g, the elements of ``order`` at positions ``[lo[g], hi[g])`` among those of group g.
+
+    ``order``: candidate indices in rank order [M]; ``groups``: the group of each element of ``order`` [M];
+    ``lo``/``hi``: [G]. Positions within a group follow the order of ``order`` (stable grouping).
+    """
+    perm = _group_order(groups)  # grouped, the order of `order` kept within a group
+    counts = torch.bincount(groups, minlength=lo.numel()).tolist()
+    spans, start = [], 0
+    for count, a, b in zip(counts, lo.tolist(), hi.tolist()):
+        if b > a:
+            spans.append(perm[start + a : start + b])
+        start += count
+    return order[torch.cat(spans)] if spans else order[:0]
+
+
+def class_quotas(labels: Tensor, k: int, *, num_classes: int | None = None) -> Tensor:
+    """Per-class quotas proportional to class frequency that sum exactly to ``k``.
+
+    Class ``c`` with ``n_c`` of the ``N`` examples gets ``floor(k * n_c / N)``; the ``k - sum(floors)`` remaining
+    slots go one each to the classes with the largest remainders ``k * n_c mod N`` (exact integer arithmetic; equal
+    remainders are broken by the lower class id). A quota never exceeds its class size.
+
+    Returns:
+        ``LongTensor[num_classes]`` (``num_classes`` defaults to ``labels.max() + 1``).
+
+    Example:
+        >>> class_quotas(torch.tensor([0, 0, 0, 1, 1, 2]), 4).tolist()
+        [2, 1, 1]
+    """
+    labels = _check_labels(labels, torch.as_tensor(labels).numel())
+    n = labels.numel()
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
+        raise ValueError(f"`k` must be an int count in [0, {n}], got {k!r}.")
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if n else 0
+    elif n and int(labels.max()) >= num_classes:
+        raise ValueError(f"`labels` holds class id {int(labels.max())} but `num_classes` = {num_classes}.")
+    counts = torch.bincount(labels, minlength=num_classes)
+    numer = k * counts
+    quotas, remainders = numer // n, numer % n
+    missing = k - int(quotas.sum())
+    if missing:
+        by_remainder = torch.sort(-remainders, stable=True).indices  # largest remainder first, then lower class id
+        quotas[by_remainder[:missing]] += 1
+    return quotas
+
+
+def _per_class_ranges(labels: Tensor, k: int, offset: int | None, rule: str) -> tuple[Tensor, Tensor]:
+    """``[lo, hi)`` rank ranges within each class for a class-balanced rule keeping ``k`` in total."""
+    counts = torch.bincount(labels)
+    quotas = class_quotas(labels, k, num_classes=counts.numel())
+    if rule == "highest":
+        return counts - quotas, counts
+    if rule == "lowest":
+        return torch.zeros_like(quotas), quotas
+    assert offset is not None
+    starts = class_quotas(labels, offset, num_classes=counts.numel())
+    over = starts + quotas > counts
+    if bool(over.any()):
+        c = int(over.nonzero()[0])
+        raise ValueError(
+            f"Class {c} cannot fill its quota: it has {int(counts[c])} examples but its share of the window is ranks "
+            f"[{int(starts[c])}, {int(starts[c] + quotas[c])}) within the class (per-class offset {int(starts[c])}, "
+            f"quota {int(quotas[c])}). The window reaches past the top of this class: lower `offset` or `size`, use "
+            "`highest` for a window that ends at the top, or pass `class_balanced=False`."
+        )
+    return starts, starts + quotas
+
+
+def _ranked_selection(scores: Tensor, k: int, offset: int, rule: str, labels: Any, class_balanced: bool) -> Tensor:
+    n = scores.numel()
+    order = torch.sort(_sort_key(scores), stable=True).indices  # ascending rank order
+    if not class_balanced:
+        return _as_sorted(order[offset : offset + k], n)
+    labels = _check_labels(labels, n)
+    lo, hi = _per_class_ranges(labels, k, offset if rule == "window" else None, rule)
+    return _as_sorted(_take_per_group(order, labels[order], lo, hi), n)
+
+
+# ---------------------------------------------------------------------------------------------------- the rules
+
+
+def highest(scores: Tensor, k: Count, *, labels: Tensor | None = None, class_balanced: bool = False) -> Tensor:
+    """Keep the ``k`` highest-scoring examples (prune the lowest): the paper's rule.
+
+    Keeps ranks ``[N - k, N)`` of the ascending order; among tied scores the larger indices are kept.
+    With ``class_balanced=True`` keeps the top ``quota_c`` ranks within each class.
+
+    Args:
+        scores: ``[N]`` one score per example (NaN refused; ``+inf`` ranks highest).
+        k: int count in ``[1, N]`` or float fraction in ``(0, 1]``.
+        labels: ``LongTensor[N]`` class ids, needed for ``class_balanced``.
+        class_balanced: per-class quotas proportional to class frequency (see :func:`class_quotas`).
+
+    Returns:
+        Sorted ``LongTensor[k]`` of kept indices.
+
+    Example:
+        >>> highest(torch.tensor([0.3, 0.9, 0.3, 0.1, 0.3]), 2).tolist()  # tie at 0.3: the larger index wins
+        [1, 4]
+    """
+    scores = check_scores(scores)
+    n = scores.numel()
+    k = _as_count(k, n, name="k", allow_zero=False)
+    return _ranked_selection(scores, k, n - k, "highest", labels, class_balanced)
+
+
+def lowest(scores: Tensor, k: Count, *, labels: Tensor | None = None, class_balanced: bool = False) -> Tensor:
+    """Keep the ``k`` lowest-scoring examples (the easiest): ranks ``[0, k)``; among ties the smaller indices.
+
+    Arguments as in :func:`highest`.
+
+    Example:
+        >>> lowest(torch.tensor([0.3, 0.9, 0.3, 0.1, 0.3]), 2).tolist()
+        [0, 3]
+    """
+    scores = check_scores(scores)
+    n = scores.numel()
+    k = _as_count(k, n, name="k", allow_zero=False)
+    return _ranked_selection(scores, k, 0, "lowest", labels, class_balanced)
+
+
+def window(
+    scores: Tensor,
+    size: Count,
+    offset: Count,
+    *,
+    labels: Tensor | None = None,
+    class_balanced: bool = False,
+) -> Tensor:
+    """Keep ranks ``[offset, offset + size)`` of the ascending order: the paper's sliding window.
+
+    ``size`` and ``offset`` are int counts or float fractions of ``N``. "Keep the top ``k`` but drop the ``m``
+    highest" is ``window(scores, size=k, offset=N - m - k)``.
+    With ``class_balanced=True`` class ``c`` keeps ranks ``[o_c, o_c + q_c)`` within the class, where ``q_c`` and
+    ``o_c`` are the :func:`class_quotas` of ``size`` and of ``offset``; a class whose window reaches past its top
+    raises ``ValueError``.
+
+    Example:
+        >>> window(torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0]), size=2, offset=1).tolist()  # ranks 1, 2 = scores 2, 3
+        [3, 4]
+    """
+    scores = check_scores(scores)
+    n = scores.numel()
+    k = _as_count(size, n, name="size", allow_zero=False)
+    start = _as_count(offset, n, name="offset", allow_zero=True)
+    if start + k > n:
+        raise ValueError(
+            f"The window ranks [{start}, {start + k}) run past the {n} examples: `offset` + `size` must be at most N. "
+            "Lower `offset` (or `size`)."
+        )
+    return _ranked_selection(scores, k, start, "window", labels, class_balanced)
+
+
+def random(
+    scores_or_n: Tensor | int,
+    k: Count,
+    *,
+    seed: int = 0,
+    labels: Tensor | None = None,
+    class_balanced: bool = False,
+) -> Tensor:
+    """Keep ``k`` examples uniformly at random, without replacement: the baseline every experiment needs.
+
+    Deterministic given ``seed`` (a ``torch.Generator`` on CPU). ``scores_or_n`` is the score vector (only its
+    length is used; scores are not checked) or ``N``. With ``class_balanced=True`` each class keeps ``q_c``
+    random members.
+
+    Example:
+        >>> random(10, 3, seed=0).tolist() == random(10, 3, seed=0).tolist()
+        True
+    """
+    n = scores_or_n if isinstance(scores_or_n, int) and not isinstance(scores_or_n, bool) else None
+    if n is None:
+        n = torch.as_tensor(scores_or_n).numel() if not isinstance(scores_or_n, Tensor) else scores_or_n.numel()
+    if n < 1:
+        raise ValueError(f"Cannot select from {n} examples.")
+    k = _as_count(k, n, name="k", allow_zero=False)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    if not class_balanced:
+        return _as_sorted(perm[:k], n)
+    labels = _check_labels(labels, n)
+    quotas = class_quotas(labels, k)
+    return _as_sorted(_take_per_group(perm, labels[perm], torch.zeros_like(quotas), quotas), n)
+
+
+def _stratum_budgets(counts: Tensor, budget: int) -> Tensor:
+    """Equal budget per non-empty stratum; strata too small give all they have and the rest is redistributed.
+
+    Strata are served from the smallest to the largest (ties by stratum id); each gets
+    ``min(size, remaining_budget // strata_left)``, so the largest strata absorb the integer remainders.
+    """
+    budgets = torch.zeros_like(counts)
+    nonempty = (counts > 0).nonzero().flatten()
+    by_size = nonempty[torch.sort(counts[nonempty], stable=True).indices].tolist()
+    remaining = budget
+    for i, s in enumerate(by_size):
+        take = min(int(counts[s]), remaining // (len(by_size) - i))
+        budgets[s] = take
+        remaining -= take
+    assert remaining == 0, "budget larger than the pool"
+    return budgets
+
+
+def _coverage_within(
+    scores: Tensor, candidates: Tensor, k: int, beta: Fraction, num_strata: int, gen: torch.Generator, what: str
+) -> Tensor:
+    """CCS on the examples ``candidates`` (indices into ``scores``, in ascending rank order when ``beta > 0``)."""
+    m = candidates.numel()
+    drop = _round_half_up(m * beta)
+    candidates = candidates[: m - drop]  # the hardest `drop` are the top ranks
+    if k > candidates.numel():
+        raise ValueError(
+            f"{what} cannot fill its quota: {k} examples are to be kept but only {candidates.numel()} of {m} remain "
+            f"after dropping the hardest beta = {float(beta)} fraction ({drop}). Lower `beta` or the keep fraction."
+        )
+    s = scores[candidates].to(torch.float64)
+    finite = torch.isfinite(s)
+    all_finite = bool(finite.all())
+    fs = s if all_finite else s[finite]
+    if fs.numel():
+        lo, hi = fs.min(), fs.max()
+        if hi > lo:  # equal-width strata 1..num_strata over [lo, hi]; the maximum joins the last one
+            fs = fs.sub(lo).div_(hi - lo).mul_(num_strata).floor_().clamp_(0, num_strata - 1).add_(1)
+        else:
+            fs = torch.ones_like(fs)
+    if all_finite:
+        strata = fs.long()
+    else:
+        strata = torch.where(s > 0, num_strata + 1, 0)  # +inf -> stratum above all, -inf -> below all
+        strata[finite] = fs.long()
+    budgets = _stratum_budgets(torch.bincount(strata, minlength=num_strata + 2), k)
+    perm = torch.randperm(candidates.numel(), generator=gen)
+    return _take_per_group(candidates[perm], strata[perm], torch.zeros_like(budgets), budgets)
+
+
+def coverage(
+    scores: Tensor,
+    k: Count,
+    *,
+    beta: float = 0.0,
+    num_strata: int = 50,
+    seed: int = 0,
+    labels: Tensor | None = None,
+    class_balanced: bool = False,
+) -> Tensor:
+    """Coverage-centric selection (CCS, Zheng et al. 2023): keep ``k`` examples spread over the score range.
+
+    1. Drop the hardest ``beta`` fraction (``round_half_up(beta * N)`` top ranks; likely mislabeled examples).
+    2. Split the range ``[min, max]`` of the remaining finite scores into ``num_strata`` equal-width strata
+       (a score on an inner edge goes to the upper stratum, the maximum to the last one); remaining ``-inf`` /
+       ``+inf`` scores form one extra stratum each below / above.
+    3. Give every non-empty stratum an equal share of the budget; a stratum smaller than its share gives all its
+       examples and the rest is redistributed among the others (smallest strata served first; integer remainders
+       go to the largest strata).
+    4. Sample uniformly without replacement within each stratum (``torch.Generator`` seeded with ``seed``).
+
+    With ``class_balanced=True`` the whole procedure runs within each class (in class-id order, one generator)
+    with the class's quota; a class with fewer than its quota left after the ``beta`` drop raises ``ValueError``.
+    CCS helps most at high pruning rates, where keeping only the hardest examples collapses accuracy.
+
+    Example:
+        >>> scores = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 9.0, 10.0])
+        >>> coverage(scores, 4, num_strata=2).tolist()  # both of the high stratum, 2 random ones of the low
+        [0, 4, 5, 6]
+    """
+    scores = check_scores(scores)
+    n = scores.numel()
+    k = _as_count(k, n, name="k", allow_zero=False)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+        raise ValueError(f"`beta` is the hardest fraction dropped before sampling and must lie in [0, 1), got {beta!r}.")
+    if isinstance(num_strata, bool) or not isinstance(num_strata, int) or num_strata < 1:
+        raise ValueError(f"`num_strata` must be a positive int, got {num_strata!r}.")
+    gen = torch.Generator().manual_seed(int(seed))
+    exact_beta = _exact(beta)
+    # candidates in ascending rank order when the hardest beta fraction must be dropped, else in index order
+    candidates = torch.sort(_sort_key(scores), stable=True).indices if beta > 0 else torch.arange(n)
+    if not class_balanced:
+        kept = _coverage_within(scores, candidates, k, exact_beta, num_strata, gen, "The selection")
+        return _as_sorted(kept, n)
+    labels = _check_labels(labels, n)
+    quotas = class_quotas(labels, k)
+    members = candidates[_group_order(labels[candidates])]  # grouped by class, order kept within a class
+    counts = torch.bincount(labels, minlength=quotas.numel()).tolist()
+    parts, start = [], 0
+    for c, (count, quota) in enumerate(zip(counts, quotas.tolist())):
+        if quota > 0:
+            cand = members[start : start + count]
+            parts.append(_coverage_within(scores, cand, quota, exact_beta, num_strata, gen, f"Class {c}"))
+        start += count
+    return _as_sorted(torch.cat(parts), n)
+
+
+# ------------------------------------------------------------------------------------------------- dispatcher
+
+
+def select(
+    scores: Tensor,
+    keep_fraction_or_k: Count,
+    rule: str = "highest",
+    *,
+    offset: Count | None = None,
+    labels: Tensor | None = None,
+    class_balanced: bool = False,
+    seed: int = 0,
+    **rule_kwargs: Any,
+) -> Tensor:
+    """Apply the selection rule named ``rule`` (one of :data:`SELECTION_RULES`) and return sorted kept indices.
+
+    ``keep_fraction_or_k``: float fraction in ``(0, 1]`` or int count. ``offset`` is required by ``"window"`` and
+    refused by the other rules. ``seed`` is used by ``"random"`` and ``"coverage"``; ``rule_kwargs`` go to the
+    rule (``beta``, ``num_strata`` for ``"coverage"``).
+
+    Raises:
+        ValueError: unknown rule name, misplaced ``offset``, or any error of the rule itself.
+    """
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"Unknown selection rule {rule!r}: choose one of {', '.join(map(repr, SELECTION_RULES))}.")
+    if rule == "window":
+        if offset is None:
+            raise ValueError(
+                "The 'window' rule needs `offset`: the first kept rank of the ascending order (an int count or a "
+                "float fraction of N)."
+            )
+    elif offset is not None:
+        raise ValueError(
+            f"`offset` only applies to selection='window' (got selection={rule!r}). To keep the top k but skip the m "
+            "highest, use selection='window' with offset = N - m - k."
+        )
+    if rule != "coverage" and rule_kwargs:
+        raise TypeError(f"Unexpected argument(s) {sorted(rule_kwargs)} for selection rule {rule!r}.")
+    common: dict[str, Any] = {"labels": labels, "class_balanced": class_balanced}
+    if rule == "highest":
+        return highest(scores, keep_fraction_or_k, **common)
+    if rule == "lowest":
+        return lowest(scores, keep_fraction_or_k, **common)
+    if rule == "window":
+        return window(scores, keep_fraction_or_k, offset, **common)  # type: ignore[arg-type]
+    if rule == "random":
+        return random(scores, keep_fraction_or_k, seed=seed, **common)
+    return coverage(scores, keep_fraction_or_k, seed=seed, **common, **rule_kwargs)
+
+
+# ----------------------------------------------------------------------------------------- retraining budget
+
+
+def _steps_per_epoch(n: int, batch_size: int, drop_last: bool, world_size: int) -> int:
+    per_rank = -(-n // world_size)  # DistributedSampler pads every rank to ceil(n / world_size)
+    return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+
+
+def same_steps_epochs(
+    full_epochs: int,
+    full_size: int,
+    kept_size: int,
+    *,
+    batch_size: int | None = None,
+    drop_last: bool = False,
+    world_size: int = 1,
+) -> int:
+    """Epochs on the pruned subset that give (at least) the optimizer steps of full-data training.
+
+    The original protocol (official Data Diet code): retrain for the same number of optimizer *steps*, so a 50%
+    subset trains for twice the epochs. Without ``batch_size``: ``ceil(full_epochs * full_size / kept_size)``.
+    With ``batch_size`` (per device) the count is exact in steps: ``ceil(full_epochs * steps(full_size) /
+    steps(kept_size))`` where ``steps(n)`` is the number of batches per epoch on one of ``world_size`` ranks
+    (``ceil`` or, with ``drop_last``, ``floor`` of ``ceil(n / world_size) / batch_size``).
+
+    The alternative, *same epochs*, is just ``full_epochs`` (fewer steps, less compute); see :func:`retrain_epochs`.
+
+    Example:
+        >>> same_steps_epochs(200, 50_000, 25_000)
+        400
+        >>> same_steps_epochs(200, 50_000, 20_000, batch_size=128)  # 391 * 200 steps / 157 per epoch
+        499
+    """
+    for name, value in (("full_epochs", full_epochs), ("full_size", full_size), ("kept_size", kept_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    if kept_size > full_size:
+        raise ValueError(f"`kept_size` ({kept_size}) cannot exceed `full_size` ({full_size}).")
+    if batch_size is None:
+        return -(-(full_epochs * full_size) // kept_size)
+    if batch_size < 1 or world_size < 1:
+        raise ValueError("`batch_size` and `world_size` must be positive ints.")
+    kept_steps = _steps_per_epoch(kept_size, batch_size, drop_last, world_size)
+    if kept_steps == 0:
+        raise ValueError(
+            f"With drop_last=True and batch_size={batch_size}, a subset of {kept_size} examples gives no batch at all. "
+            "Keep more examples or lower the batch size."
+        )
+    total = full_epochs * _steps_per_epoch(full_size, batch_size, drop_last, world_size)
+    return -(-total // kept_steps)
+
+
+def retrain_epochs(
+    full_epochs: int,
+    full_size: int,
+    kept_size: int,
+    budget: str = "same_steps",
+    *,
+    batch_size: int | None = None,
+    drop_last: bool = False,
+    world_size: int = 1,
+) -> int:
+    """Epochs to retrain a pruned subset under an explicit ``budget``.
+
+    ``"same_steps"`` (the original protocol; see :func:`same_steps_epochs`) or ``"same_epochs"`` (returns
+    ``full_epochs``: the subset gets ``kept_size / full_size`` of the compute). Report which one you used.
+    """
+    if budget == "same_steps":
+        return same_steps_epochs(
+            full_epochs, full_size, kept_size, batch_size=batch_size, drop_last=drop_last, world_size=world_size
+        )
+    if budget == "same_epochs":
+        return full_epochs
+    raise ValueError(f"Unknown budget {budget!r}: choose 'same_steps' or 'same_epochs'.")
