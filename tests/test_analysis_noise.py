@@ -174,7 +174,11 @@ def test_noisy_datamodule_only_train_labels_change():
 
     model = _Linear()
     trainer = Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
     seen = torch.cat(model.seen)

@@ -9,6 +9,13 @@ from lightning_datadiet.analysis.noise import (
     noise_detection,
     precision_recall_curve,
 )
+from lightning_datadiet.analysis.stability import (
+    StabilityTable,
+    plot_heatmap,
+    rank_correlation,
+    single_vs_mean,
+    stability_report,
+)
 
 __all__ = [
     "LabelNoise",
@@ -18,4 +25,9 @@ __all__ = [
     "label_noise",
     "noise_detection",
     "precision_recall_curve",
+    "StabilityTable",
+    "plot_heatmap",
+    "rank_correlation",
+    "single_vs_mean",
+    "stability_report",
 ]

@@ -108,7 +108,9 @@ def label_noise(
     """
     old = torch.as_tensor(targets)
     if old.ndim != 1 or old.is_floating_point() or old.is_complex() or old.dtype == torch.bool:
-        raise ValueError(f"`targets` must be a 1-D tensor of integer class ids, got dtype {old.dtype}, shape {tuple(old.shape)}.")
+        raise ValueError(
+            f"`targets` must be a 1-D tensor of integer class ids, got dtype {old.dtype}, shape {tuple(old.shape)}."
+        )
     old = old.detach().to(device="cpu", dtype=torch.long)
     if not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"`fraction` must be in [0, 1], got {fraction}.")
@@ -118,7 +120,9 @@ def label_noise(
     if num_classes is None:
         num_classes = int(old.max()) + 1 if n else 0
     if n and (int(old.min()) < 0 or int(old.max()) >= num_classes):
-        raise ValueError(f"Labels must lie in [0, num_classes={num_classes}); got range [{int(old.min())}, {int(old.max())}].")
+        raise ValueError(
+            f"Labels must lie in [0, num_classes={num_classes}); got range [{int(old.min())}, {int(old.max())}]."
+        )
     if mode == "uniform_other" and num_classes < 2 and n:
         raise ValueError("`mode='uniform_other'` needs at least 2 classes.")
 
@@ -196,18 +200,24 @@ def _replace_label(item: Any, label: int, target_key: int | str | None) -> Any:
         if key is None:
             key = next((k for k in _TARGET_KEYS if k in item), None)
             if key is None:
-                raise KeyError(f"No label key among {_TARGET_KEYS} in a dict item with keys {sorted(map(str, item))}; pass `target_key=`.")
+                raise KeyError(
+                    f"No label key among {_TARGET_KEYS} in a dict item with keys {sorted(map(str, item))}; pass `target_key=`."
+                )
         out = dict(item)
         out[key] = convert(item[key])
         return type(item)(out) if type(item) is not dict else out
     if isinstance(item, (tuple, list)):
         pos = 1 if target_key is None else target_key
         if not isinstance(pos, int) or len(item) <= pos:
-            raise TypeError(f"Cannot find the label at position {pos!r} of a {type(item).__name__} of length {len(item)}.")
+            raise TypeError(
+                f"Cannot find the label at position {pos!r} of a {type(item).__name__} of length {len(item)}."
+            )
         out = list(item)
         out[pos] = convert(item[pos])
         return tuple(out) if isinstance(item, tuple) else out
-    raise TypeError(f"Unsupported item type {type(item).__name__}: expected a tuple/list (x, y, ...) or a dict.")
+    raise TypeError(
+        f"Unsupported item type {type(item).__name__}: expected a tuple/list (x, y, ...) or a dict."
+    )
 
 
 class NoisyLabelDataset(Dataset):
@@ -282,10 +292,16 @@ def _rebuild_loader(loader: DataLoader, dataset: Dataset) -> DataLoader:
         return DataLoader(dataset, batch_sampler=loader.batch_sampler, **common)
     sampler = loader.sampler
     if type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
-        return DataLoader(dataset, batch_size=loader.batch_size, shuffle=True, drop_last=loader.drop_last, **common)
+        return DataLoader(
+            dataset, batch_size=loader.batch_size, shuffle=True, drop_last=loader.drop_last, **common
+        )
     if type(sampler) is SequentialSampler:
-        return DataLoader(dataset, batch_size=loader.batch_size, shuffle=False, drop_last=loader.drop_last, **common)
-    return DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last, **common)
+        return DataLoader(
+            dataset, batch_size=loader.batch_size, shuffle=False, drop_last=loader.drop_last, **common
+        )
+    return DataLoader(
+        dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last, **common
+    )
 
 
 class NoisyLabelDataModule(LightningDataModule):
@@ -401,7 +417,9 @@ class NoisyLabelDataModule(LightningDataModule):
 
     def _noise(self) -> NoisyLabelDataset:
         if self.noisy_dataset is None:
-            raise RuntimeError("The noise is drawn with the train dataset: call setup('fit') and train_dataloader() first.")
+            raise RuntimeError(
+                "The noise is drawn with the train dataset: call setup('fit') and train_dataloader() first."
+            )
         return self.noisy_dataset
 
     @property
@@ -420,7 +438,9 @@ class NoisyLabelDataModule(LightningDataModule):
         return self._noise().original_targets
 
 
-def _ranking(scores: Tensor | Sequence[float], corrupted_mask: Tensor | Sequence[bool]) -> tuple[Tensor, Tensor]:
+def _ranking(
+    scores: Tensor | Sequence[float], corrupted_mask: Tensor | Sequence[bool]
+) -> tuple[Tensor, Tensor]:
     """Corrupted flags in order of decreasing score (ties: lower index first; +inf first; NaN rejected)."""
     s = torch.as_tensor(scores).detach().to("cpu", torch.float64).reshape(-1)
     m = torch.as_tensor(corrupted_mask).detach().to("cpu").reshape(-1).to(torch.bool)
