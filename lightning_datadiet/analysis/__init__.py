@@ -9,6 +9,13 @@ from lightning_datadiet.analysis.noise import (
     noise_detection,
     precision_recall_curve,
 )
+from lightning_datadiet.analysis.ntk import (
+    empirical_ntk,
+    kernel_velocity,
+    plot_velocity_by_group,
+    velocity_by_group,
+    velocity_report,
+)
 from lightning_datadiet.analysis.stability import (
     StabilityTable,
     plot_heatmap,
@@ -30,4 +37,9 @@ __all__ = [
     "rank_correlation",
     "single_vs_mean",
     "stability_report",
+    "empirical_ntk",
+    "kernel_velocity",
+    "plot_velocity_by_group",
+    "velocity_by_group",
+    "velocity_report",
 ]
