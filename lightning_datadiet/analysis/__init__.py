@@ -1,5 +1,11 @@
 """Analyses of the paper: label noise, score stability, kernel velocity and error barriers."""
 
+from lightning_datadiet.analysis.barrier import (
+    classification_error,
+    error_barrier,
+    interpolate_state,
+    update_bn_statistics,
+)
 from lightning_datadiet.analysis.noise import (
     LabelNoise,
     NoisyLabelDataModule,
@@ -42,4 +48,8 @@ __all__ = [
     "plot_velocity_by_group",
     "velocity_by_group",
     "velocity_report",
+    "classification_error",
+    "error_barrier",
+    "interpolate_state",
+    "update_bn_statistics",
 ]
