@@ -22,6 +22,14 @@ from lightning_datadiet.analysis.ntk import (
     velocity_by_group,
     velocity_report,
 )
+from lightning_datadiet.analysis.spawn import (
+    BarrierSpawnCallback,
+    barrier_subsets,
+    plot_spawning_barriers,
+    spawn_children,
+    spawning_barriers,
+    spawning_experiment,
+)
 from lightning_datadiet.analysis.stability import (
     StabilityTable,
     plot_heatmap,
@@ -29,6 +37,7 @@ from lightning_datadiet.analysis.stability import (
     single_vs_mean,
     stability_report,
 )
+from lightning_datadiet.analysis.sweep import plot_sliding_window, sliding_window_sweep, window_offsets
 
 __all__ = [
     "LabelNoise",
@@ -52,4 +61,13 @@ __all__ = [
     "error_barrier",
     "interpolate_state",
     "update_bn_statistics",
+    "BarrierSpawnCallback",
+    "barrier_subsets",
+    "plot_spawning_barriers",
+    "spawn_children",
+    "spawning_barriers",
+    "spawning_experiment",
+    "plot_sliding_window",
+    "sliding_window_sweep",
+    "window_offsets",
 ]
