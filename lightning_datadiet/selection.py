@@ -205,20 +205,39 @@ def _group_order(groups: Tensor) -> Tensor:
     return torch.argsort(small, stable=True)
 
 
+def _group_rank_order(scores: Tensor, groups: Tensor) -> Tensor:
+    """Indices grouped by ``groups`` (ascending group id), in ascending rank order within each group."""
+    key = _sort_key(scores)
+    if key.dtype == torch.int32 and int(groups.max()) < 2**31:  # one radix sort on (group, score) packed in 64 bits
+        packed = (groups.to(torch.int64) << 32) | (key.to(torch.int64) + 2**31)
+        return torch.sort(packed, stable=True).indices
+    order = torch.sort(key, stable=True).indices
+    return order[_group_order(groups[order])]
+
+
+def _take_ranges(grouped: Tensor, sizes: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """``grouped`` holds group 0's elements, then group 1's, ... (``sizes[g]`` each): keep positions
+    ``[lo[g], hi[g])`` of each group."""
+    if sizes.numel() <= 256:  # few groups: slices
+        spans, start = [], 0
+        for count, a, b in zip(sizes.tolist(), lo.tolist(), hi.tolist()):
+            if b > a:
+                spans.append(grouped[start + a : start + b])
+            start += count
+        return torch.cat(spans) if spans else grouped[:0]
+    g_sorted = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    pos = torch.arange(grouped.numel()) - (torch.cumsum(sizes, 0) - sizes)[g_sorted]  # position within group
+    return grouped[(pos >= lo[g_sorted]) & (pos < hi[g_sorted])]
+
+
 def _take_per_group(order: Tensor, groups: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """For each group g, the elements of ``order`` at positions ``[lo[g], hi[g])`` among those of group g.
 
-    ``order``: candidate indices in rank order [M]; ``groups``: the group of each element of ``order`` [M];
-    ``lo``/``hi``: [G]. Positions within a group follow the order of ``order`` (stable grouping).
+    ``order``: candidate indices [M]; ``groups``: the group of each element of ``order`` [M]; ``lo``/``hi``: [G].
+    Positions within a group follow the order of ``order`` (stable grouping).
     """
-    perm = _group_order(groups)  # grouped, the order of `order` kept within a group
-    counts = torch.bincount(groups, minlength=lo.numel()).tolist()
-    spans, start = [], 0
-    for count, a, b in zip(counts, lo.tolist(), hi.tolist()):
-        if b > a:
-            spans.append(perm[start + a : start + b])
-        start += count
-    return order[torch.cat(spans)] if spans else order[:0]
+    sizes = torch.bincount(groups, minlength=lo.numel())
+    return _take_ranges(order[_group_order(groups)], sizes, lo, hi)
 
 
 def class_quotas(labels: Tensor, k: int, *, num_classes: int | None = None) -> Tensor:
@@ -277,12 +296,13 @@ def _per_class_ranges(labels: Tensor, k: int, offset: int | None, rule: str) -> 
 
 def _ranked_selection(scores: Tensor, k: int, offset: int, rule: str, labels: Any, class_balanced: bool) -> Tensor:
     n = scores.numel()
-    order = torch.sort(_sort_key(scores), stable=True).indices  # ascending rank order
     if not class_balanced:
+        order = torch.sort(_sort_key(scores), stable=True).indices  # ascending rank order
         return _as_sorted(order[offset : offset + k], n)
     labels = _check_labels(labels, n)
     lo, hi = _per_class_ranges(labels, k, offset if rule == "window" else None, rule)
-    return _as_sorted(_take_per_group(order, labels[order], lo, hi), n)
+    sizes = torch.bincount(labels, minlength=lo.numel())
+    return _as_sorted(_take_ranges(_group_rank_order(scores, labels), sizes, lo, hi), n)
 
 
 # ---------------------------------------------------------------------------------------------------- the rules
@@ -392,54 +412,20 @@ def random(
     return _as_sorted(_take_per_group(perm, labels[perm], torch.zeros_like(quotas), quotas), n)
 
 
-def _stratum_budgets(counts: Tensor, budget: int) -> Tensor:
+def _stratum_budgets(counts: list[int], budget: int) -> list[int]:
     """Equal budget per non-empty stratum; strata too small give all they have and the rest is redistributed.
 
     Strata are served from the smallest to the largest (ties by stratum id); each gets
     ``min(size, remaining_budget // strata_left)``, so the largest strata absorb the integer remainders.
     """
-    budgets = torch.zeros_like(counts)
-    nonempty = (counts > 0).nonzero().flatten()
-    by_size = nonempty[torch.sort(counts[nonempty], stable=True).indices].tolist()
+    budgets = [0] * len(counts)
+    by_size = sorted((c, i) for i, c in enumerate(counts) if c > 0)
     remaining = budget
-    for i, s in enumerate(by_size):
-        take = min(int(counts[s]), remaining // (len(by_size) - i))
-        budgets[s] = take
-        remaining -= take
+    for j, (count, i) in enumerate(by_size):
+        budgets[i] = min(count, remaining // (len(by_size) - j))
+        remaining -= budgets[i]
     assert remaining == 0, "budget larger than the pool"
     return budgets
-
-
-def _coverage_within(
-    scores: Tensor, candidates: Tensor, k: int, beta: Fraction, num_strata: int, gen: torch.Generator, what: str
-) -> Tensor:
-    """CCS on the examples ``candidates`` (indices into ``scores``, in ascending rank order when ``beta > 0``)."""
-    m = candidates.numel()
-    drop = _round_half_up(m * beta)
-    candidates = candidates[: m - drop]  # the hardest `drop` are the top ranks
-    if k > candidates.numel():
-        raise ValueError(
-            f"{what} cannot fill its quota: {k} examples are to be kept but only {candidates.numel()} of {m} remain "
-            f"after dropping the hardest beta = {float(beta)} fraction ({drop}). Lower `beta` or the keep fraction."
-        )
-    s = scores[candidates].to(torch.float64)
-    finite = torch.isfinite(s)
-    all_finite = bool(finite.all())
-    fs = s if all_finite else s[finite]
-    if fs.numel():
-        lo, hi = fs.min(), fs.max()
-        if hi > lo:  # equal-width strata 1..num_strata over [lo, hi]; the maximum joins the last one
-            fs = fs.sub(lo).div_(hi - lo).mul_(num_strata).floor_().clamp_(0, num_strata - 1).add_(1)
-        else:
-            fs = torch.ones_like(fs)
-    if all_finite:
-        strata = fs.long()
-    else:
-        strata = torch.where(s > 0, num_strata + 1, 0)  # +inf -> stratum above all, -inf -> below all
-        strata[finite] = fs.long()
-    budgets = _stratum_budgets(torch.bincount(strata, minlength=num_strata + 2), k)
-    perm = torch.randperm(candidates.numel(), generator=gen)
-    return _take_per_group(candidates[perm], strata[perm], torch.zeros_like(budgets), budgets)
 
 
 def coverage(
@@ -454,18 +440,21 @@ def coverage(
 ) -> Tensor:
     """Coverage-centric selection (CCS, Zheng et al. 2023): keep ``k`` examples spread over the score range.
 
-    1. Drop the hardest ``beta`` fraction (``round_half_up(beta * N)`` top ranks; likely mislabeled examples).
-    2. Split the range ``[min, max]`` of the remaining finite scores into ``num_strata`` equal-width strata
-       (a score on an inner edge goes to the upper stratum, the maximum to the last one); remaining ``-inf`` /
-       ``+inf`` scores form one extra stratum each below / above.
+    1. Drop the hardest ``beta`` fraction: the ``round_half_up(beta * N)`` top ranks (likely mislabeled examples).
+    2. Split the range ``[min, max]`` of the remaining finite scores into ``num_strata`` equal-width strata:
+       stratum ``floor((s - min) / (max - min) * num_strata)``, the maximum joining the last one (all in one
+       stratum when ``max == min``); remaining ``-inf`` / ``+inf`` scores form one extra stratum each below / above.
     3. Give every non-empty stratum an equal share of the budget; a stratum smaller than its share gives all its
-       examples and the rest is redistributed among the others (smallest strata served first; integer remainders
-       go to the largest strata).
-    4. Sample uniformly without replacement within each stratum (``torch.Generator`` seeded with ``seed``).
+       examples and the rest is redistributed among the others (smallest strata served first, each taking
+       ``min(size, remaining // strata_left)``, so integer remainders go to the largest strata).
+    4. Sample uniformly without replacement within each stratum: one ``torch.Generator`` seeded with ``seed``;
+       stratum after stratum (in ascending score order), each keeps the first members (in index order) picked by
+       a ``randperm`` of its size.
 
-    With ``class_balanced=True`` the whole procedure runs within each class (in class-id order, one generator)
-    with the class's quota; a class with fewer than its quota left after the ``beta`` drop raises ``ValueError``.
-    CCS helps most at high pruning rates, where keeping only the hardest examples collapses accuracy.
+    With ``class_balanced=True`` the whole procedure runs within each class (its own ``beta`` drop, score range
+    and strata) with the class's :func:`class_quotas` budget; a class left with fewer examples than its quota
+    after the ``beta`` drop raises ``ValueError``. CCS helps most at high pruning rates, where keeping only the
+    hardest examples collapses accuracy.
 
     Example:
         >>> scores = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 9.0, 10.0])
@@ -479,22 +468,64 @@ def coverage(
         raise ValueError(f"`beta` is the hardest fraction dropped before sampling and must lie in [0, 1), got {beta!r}.")
     if isinstance(num_strata, bool) or not isinstance(num_strata, int) or num_strata < 1:
         raise ValueError(f"`num_strata` must be a positive int, got {num_strata!r}.")
+    if class_balanced:
+        groups = _check_labels(labels, n)
+        quotas = class_quotas(groups, k)
+    else:
+        groups, quotas = torch.zeros(n, dtype=torch.long), torch.tensor([k])
+    num_groups = quotas.numel()
+    sizes = torch.bincount(groups, minlength=num_groups)
+
+    # 1. drop the hardest beta fraction of every group (their top ranks)
+    drops = torch.tensor([_round_half_up(m * _exact(beta)) for m in sizes.tolist()])
+    if not int(drops.sum()):
+        pool = torch.arange(n)
+    elif num_groups == 1:
+        pool = torch.sort(_sort_key(scores), stable=True).indices[: n - int(drops[0])]
+    else:
+        grouped = _group_rank_order(scores, groups)  # by group, ascending rank within a group
+        pool = _take_ranges(grouped, sizes, torch.zeros_like(sizes), sizes - drops)
+    short = (sizes - drops < quotas).nonzero().flatten()
+    if short.numel():
+        c = int(short[0])
+        what = f"Class {c}" if class_balanced else "The selection"
+        raise ValueError(
+            f"{what} cannot fill its quota: {int(quotas[c])} examples are to be kept but only {int(sizes[c] - drops[c])} "
+            f"of {int(sizes[c])} remain after dropping the hardest beta = {beta} fraction ({int(drops[c])}). Lower "
+            "`beta` or the keep fraction."
+        )
+
+    # 2. equal-width strata over each group's finite score range; -inf / +inf get a stratum of their own
+    g = groups[pool]
+    s = scores[pool].to(torch.float64)
+    finite = torch.isfinite(s)
+    fg, fs = (g, s) if bool(finite.all()) else (g[finite], s[finite])
+    lo = torch.full((num_groups,), torch.inf, dtype=torch.float64).scatter_reduce(0, fg, fs, "amin")
+    hi = torch.full((num_groups,), -torch.inf, dtype=torch.float64).scatter_reduce(0, fg, fs, "amax")
+    spread = hi > lo
+    width = torch.where(spread, hi - lo, torch.ones_like(hi))
+    inner = fs.sub(lo[fg]).div_(width[fg]).mul_(num_strata).floor_().clamp_(0, num_strata - 1).add_(1)
+    inner = torch.where(spread[fg], inner, torch.ones_like(inner)).long()
+    if fs is s:
+        strata = inner
+    else:
+        strata = torch.where(s > 0, num_strata + 1, 0)
+        strata[finite] = inner
+    cells = g * (num_strata + 2) + strata  # (group, stratum) pairs
+
+    # 3. equal budget per non-empty stratum of each group
+    counts = torch.bincount(cells, minlength=num_groups * (num_strata + 2)).view(num_groups, num_strata + 2)
+    budgets = torch.tensor(
+        [_stratum_budgets(row, q) for row, q in zip(counts.tolist(), quotas.tolist())], dtype=torch.long
+    ).flatten()
+
+    # 4. uniform within each stratum: each (group, stratum) cell draws one randperm of its members, cells in order
     gen = torch.Generator().manual_seed(int(seed))
-    exact_beta = _exact(beta)
-    # candidates in ascending rank order when the hardest beta fraction must be dropped, else in index order
-    candidates = torch.sort(_sort_key(scores), stable=True).indices if beta > 0 else torch.arange(n)
-    if not class_balanced:
-        kept = _coverage_within(scores, candidates, k, exact_beta, num_strata, gen, "The selection")
-        return _as_sorted(kept, n)
-    labels = _check_labels(labels, n)
-    quotas = class_quotas(labels, k)
-    members = candidates[_group_order(labels[candidates])]  # grouped by class, order kept within a class
-    counts = torch.bincount(labels, minlength=quotas.numel()).tolist()
+    grouped = pool[_group_order(cells)]
     parts, start = [], 0
-    for c, (count, quota) in enumerate(zip(counts, quotas.tolist())):
-        if quota > 0:
-            cand = members[start : start + count]
-            parts.append(_coverage_within(scores, cand, quota, exact_beta, num_strata, gen, f"Class {c}"))
+    for count, budget in zip(counts.flatten().tolist(), budgets.tolist()):
+        if budget:
+            parts.append(grouped[start : start + count][torch.randperm(count, generator=gen)[:budget]])
         start += count
     return _as_sorted(torch.cat(parts), n)
 
