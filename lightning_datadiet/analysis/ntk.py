@@ -236,11 +236,23 @@ def velocity_report(
     """
     if len(models) < 2:
         raise ValueError("`velocity_report` needs at least two models.")
-    rows = [
-        velocity_by_group(a, b, inputs, scores, group_size, chunk_size=chunk_size)
-        for a, b in zip(models[:-1], models[1:])
-    ]
-    return {**rows[0], "velocity": torch.stack([r["velocity"] for r in rows])}
+    scores = torch.as_tensor(scores).detach().to("cpu", torch.float64).reshape(-1)
+    if inputs.shape[0] != scores.numel():
+        raise ValueError(f"`inputs` has {inputs.shape[0]} examples but `scores` has {scores.numel()}.")
+    groups = _groups(scores, group_size)  # [G, group_size]
+    velocity = torch.empty(len(models) - 1, groups.shape[0], dtype=torch.float64)
+    for g, members in enumerate(groups):
+        # One kernel per model and group: each inner checkpoint's kernel serves two velocities.
+        grams = [empirical_ntk(m, inputs[members.to(inputs.device)], chunk_size=chunk_size) for m in models]
+        for t in range(len(models) - 1):
+            velocity[t, g] = _kernel_distance(grams[t], grams[t + 1])
+    offset = scores.numel() - groups.numel()
+    return {
+        "velocity": velocity,
+        "mean_score": scores[groups].mean(dim=1),
+        "rank_start": offset + group_size * torch.arange(groups.shape[0]),
+        "groups": groups,
+    }
 
 
 def plot_velocity_by_group(
