@@ -230,3 +230,10 @@ def test_precision_recall_curve_matches_detection():
         assert recall[k - 1].item() == pytest.approx(r["recall"])
         assert fractions[k - 1].item() == pytest.approx(k / 50)
     assert recall[-1] == 1.0
+
+
+def test_noise_draw_is_unrelated_to_a_plain_randperm_with_the_same_seed():
+    y = _targets()
+    noise = label_noise(y, 0.2, "permute", seed=0)
+    random_subset = torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:200]
+    assert noise.drawn[random_subset].float().mean() < 0.5

@@ -17,6 +17,7 @@ In all modes exactly ``round(fraction * N)`` indices are drawn (without replacem
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -81,6 +82,12 @@ def _num_drawn(fraction: float, n: int) -> int:
     return min(n, int(fraction * n + 0.5))
 
 
+def _generator_seed(seed: int) -> int:
+    # Salted, so that the draw never coincides with another rule seeded with the same number (a random subset
+    # from ``torch.randperm`` with seed 0 would otherwise be exactly the first corrupted indices).
+    return zlib.crc32(f"lightning_datadiet.label_noise:{seed}".encode())
+
+
 def label_noise(
     targets: Tensor | Sequence[int],
     fraction: float,
@@ -95,8 +102,9 @@ def label_noise(
         targets: ``[N]`` integer class ids.
         fraction: in ``[0, 1]``; exactly ``round(fraction * N)`` indices are drawn (half rounds up).
         mode: ``"uniform"``, ``"permute"`` or ``"uniform_other"`` (see the module docstring).
-        seed: seed of the ``torch.Generator`` that draws indices and labels; the result depends only on
-            ``(targets, fraction, mode, seed, num_classes)``.
+        seed: seeds the ``torch.Generator`` that draws indices and labels (through a salted hash, so that the
+            draw is unrelated to other draws with the same seed, e.g. a random subset); the result depends only
+            on ``(targets, fraction, mode, seed, num_classes)``.
         num_classes: number of classes for the uniform modes; default ``max(targets) + 1``.
 
     Returns:
@@ -126,7 +134,7 @@ def label_noise(
     if mode == "uniform_other" and num_classes < 2 and n:
         raise ValueError("`mode='uniform_other'` needs at least 2 classes.")
 
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(_generator_seed(int(seed)))
     k = _num_drawn(float(fraction), n)
     idx = torch.randperm(n, generator=generator)[:k]  # [k]
     new = old.clone()

@@ -109,9 +109,9 @@ def spawn_children(
 ) -> list[LightningModule]:
     """Train one child per seed from ``parent_checkpoint`` to the end of the schedule.
 
-    Each child calls ``lightning.seed_everything(seed)`` and then ``Trainer(**trainer_kwargs).fit(make_model(),
-    make_datamodule(), ckpt_path=parent_checkpoint)``: the same weights, optimizer and scheduler state, and a data
-    order drawn from the seeded global RNG. A DataLoader with its own fixed ``generator`` would give every child
+    Each child builds ``make_model()`` and ``make_datamodule()``, calls ``lightning.seed_everything(seed)`` and then
+    ``Trainer(**trainer_kwargs).fit(model, datamodule, ckpt_path=parent_checkpoint)``: the same weights, optimizer
+    and scheduler state, and a data order drawn from the seeded global RNG. A DataLoader with its own fixed ``generator`` would give every child
     the same order: build it from the global RNG (the default) for this experiment.
 
     Args:
@@ -134,12 +134,14 @@ def spawn_children(
     }
     children = []
     for seed in seeds:
+        model, datamodule = make_model(), make_datamodule()
+        # Seeded after the constructors, which may seed the global RNG themselves (weights are overwritten by
+        # the checkpoint anyway); the data order then comes from `seed`.
         pl.seed_everything(int(seed), workers=True, verbose=False)
-        model = make_model()
         with warnings.catch_warnings():
             # The parent's BarrierSpawnCallback state is in the checkpoint; the children do not need it.
             warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
-            Trainer(**kwargs).fit(model, datamodule=make_datamodule(), ckpt_path=str(parent_checkpoint))
+            Trainer(**kwargs).fit(model, datamodule=datamodule, ckpt_path=str(parent_checkpoint))
         children.append(model)
     return children
 
