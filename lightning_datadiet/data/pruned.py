@@ -1,0 +1,517 @@
+"""``PrunedDataModule``: train any LightningDataModule on the subset its scores select.
+
+Swap ``dm`` for ``PrunedDataModule(dm, "el2n.pt", keep_fraction=0.5)``: the training loader yields exactly the kept
+examples, rebuilt with the wrapped loader's settings; everything else (validation/test/predict loaders, ``setup``,
+``prepare_data``, hyperparameters, batch-transfer hooks, any other attribute) is the wrapped module's.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import torch
+from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+)
+
+from lightning_datadiet import selection as sel
+from lightning_datadiet.data.targets import dataset_targets
+
+if TYPE_CHECKING:
+    from lightning_datadiet.store import ScoreFile
+
+__all__ = ["PrunedDataModule", "subset_dataloader"]
+
+# hooks that pass through to the wrapped module exactly when it overrides them (Lightning checks `is_overridden`)
+_PASS_THROUGH_HOOKS = (
+    "prepare_data",
+    "setup",
+    "teardown",
+    "val_dataloader",
+    "test_dataloader",
+    "predict_dataloader",
+    "transfer_batch_to_device",
+    "on_before_batch_transfer",
+    "on_after_batch_transfer",
+    "on_exception",
+)
+
+ScoreSource = Union[str, os.PathLike, list[str], Tensor, None]
+
+
+def subset_dataloader(loader: DataLoader, indices: Sequence[int] | Tensor) -> DataLoader:
+    """A ``DataLoader`` over ``Subset(loader.dataset, indices)`` with ``loader``'s settings.
+
+    Kept: ``batch_size``, ``num_workers``, ``collate_fn``, ``pin_memory``, ``drop_last``, ``timeout``,
+    ``worker_init_fn``, ``multiprocessing_context``, ``generator``, ``prefetch_factor``, ``persistent_workers``,
+    ``pin_memory_device`` (and ``in_order`` where torch has it). The sampler semantics carry over: a
+    ``RandomSampler`` (``shuffle=True``, with its generator) shuffles the subset, a ``SequentialSampler`` keeps index
+    order. Under DDP, Lightning then replaces the sampler by a ``DistributedSampler`` over the subset, as for any
+    loader. A ``DataLoader`` subclass comes back as a plain ``DataLoader``.
+
+    Raises:
+        TypeError: an iterable-style dataset, a custom sampler or batch sampler, or a ``RandomSampler`` with
+            replacement or ``num_samples``: there is no exact way to re-index those; return a plain
+            ``DataLoader(dataset, shuffle=..., batch_size=...)`` from ``train_dataloader()`` instead.
+    """
+    dataset = loader.dataset
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise TypeError(
+            f"Pruning needs a map-style training dataset (with __len__ and __getitem__); got {type(dataset).__name__}. "
+            "Scores are indexed by dataset position: return a DataLoader over a map-style dataset from "
+            "train_dataloader()."
+        )
+    fix = (
+        "PrunedDataModule re-indexes the training loader and supports the plain samplers only: return "
+        "`DataLoader(dataset, batch_size=..., shuffle=True/False, ...)` from train_dataloader() (Lightning adds the "
+        "DistributedSampler under DDP by itself)."
+    )
+    sampler, batch_sampler = loader.sampler, loader.batch_sampler
+    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+        raise TypeError(f"The training loader uses a custom batch sampler ({type(batch_sampler).__name__}). {fix}")
+    generator = loader.generator
+    if type(sampler) is RandomSampler:
+        if sampler.replacement or sampler._num_samples is not None:
+            raise TypeError("The training loader samples with replacement or a fixed `num_samples`. " + fix)
+        shuffle = True
+        generator = sampler.generator if sampler.generator is not None else generator
+    elif type(sampler) is SequentialSampler:
+        shuffle = False
+    else:
+        raise TypeError(f"The training loader uses a custom sampler ({type(sampler).__name__}). {fix}")
+    if type(loader) is not DataLoader:
+        warnings.warn(
+            f"The training loader is a {type(loader).__name__}; the pruned loader is a plain DataLoader with its settings.",
+            stacklevel=3,
+        )
+    index_list = indices.tolist() if isinstance(indices, Tensor) else [int(i) for i in indices]
+    kwargs: dict[str, Any] = {
+        "batch_size": loader.batch_size,
+        "shuffle": shuffle,
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "drop_last": loader.drop_last,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "multiprocessing_context": loader.multiprocessing_context,
+        "generator": generator,
+        "prefetch_factor": loader.prefetch_factor,
+        "persistent_workers": loader.persistent_workers,
+        "pin_memory_device": loader.pin_memory_device,
+    }
+    if hasattr(loader, "in_order"):
+        kwargs["in_order"] = loader.in_order
+    return DataLoader(Subset(dataset, index_list), **kwargs)
+
+
+def _digest(indices: Tensor) -> str:
+    return hashlib.sha256(indices.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
+
+
+class PrunedDataModule(LightningDataModule):
+    """Wrap a ``LightningDataModule`` and train on the subset of its training set that the scores select.
+
+    Args:
+        datamodule: any ``LightningDataModule`` whose ``train_dataloader()`` returns one ``DataLoader`` over a
+            map-style dataset (the scores are indexed by position in that dataset).
+        scores: one score per training example: a ``Tensor[N]``, a score-file path, or a list of score files
+            (averaged over runs). ``None`` only with ``selection="random"``.
+        keep_fraction: fraction of the training set kept, in ``(0, 1]``; the count is
+            :func:`~lightning_datadiet.selection.keep_count` (round half up, at least 1).
+        selection: one of :data:`~lightning_datadiet.selection.SELECTION_RULES`: ``"highest"`` (the paper's rule:
+            prune the lowest), ``"lowest"``, ``"random"``, ``"window"`` (needs ``offset``), ``"coverage"`` (CCS).
+        offset: first kept rank of the ascending order for ``"window"``: an int count or a float fraction of N.
+        class_balanced: per-class quotas proportional to class frequency (labels read with ``dataset_targets``).
+        seed: seed of ``"random"`` and ``"coverage"``.
+        beta: ``"coverage"`` only: the hardest fraction dropped before stratified sampling.
+        num_strata: ``"coverage"`` only: number of equal-width score strata.
+        allow_infinite: accept ``+/-inf`` scores (forgetting gives ``+inf`` to never-learned examples, which then
+            rank highest). NaN is always refused.
+        check_fingerprint: when the score file records a label fingerprint, refuse a training set whose labels
+            differ (scores from another dataset or split).
+
+    The selection is computed once, lazily, when the training set is first needed (the first ``train_dataloader()``
+    call, or the first access to :attr:`kept_indices` / :attr:`keep_count`, which calls the wrapped
+    ``train_dataloader()``, so the wrapped module must be set up by then). It is deterministic given the scores and
+    ``seed``, so every DDP rank computes the same subset (checked by a checksum across ranks); Lightning's
+    ``DistributedSampler`` then splits it. ``state_dict()`` stores the kept indices, so a resumed fit trains on the
+    same subset even if the score file changed meanwhile (with a warning).
+
+    Raises:
+        ValueError: ``keep_fraction`` outside ``(0, 1]``, an unknown ``selection``, a misplaced or missing
+            ``offset``, NaN scores (or infinite ones with ``allow_infinite=False``); later, scores whose length is not
+            the training set's, or (``ScoreFileError``) a score file from another dataset.
+
+    Example::
+
+        dm = PrunedDataModule(CIFAR10DataModule(batch_size=128), "scores/el2n_epoch20.pt", keep_fraction=0.5)
+        trainer.fit(model, datamodule=dm)  # trains on the 25,000 highest-EL2N examples
+    """
+
+    def __init__(
+        self,
+        datamodule: LightningDataModule,
+        scores: ScoreSource,
+        keep_fraction: float,
+        selection: str = "highest",
+        *,
+        offset: Optional[Union[int, float]] = None,
+        class_balanced: bool = False,
+        seed: int = 0,
+        beta: float = 0.0,
+        num_strata: int = 50,
+        allow_infinite: bool = True,
+        check_fingerprint: bool = True,
+    ) -> None:
+        if not isinstance(datamodule, LightningDataModule):
+            raise TypeError(f"`datamodule` must be a LightningDataModule, got {type(datamodule).__name__}.")
+        self.datamodule = datamodule
+        super().__init__()
+        if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, (int, float)):
+            raise TypeError(f"`keep_fraction` must be a number in (0, 1], got {keep_fraction!r}.")
+        sel.keep_count(1, keep_fraction)  # raises on a value outside (0, 1]
+        if selection not in sel.SELECTION_RULES:
+            raise ValueError(
+                f"Unknown selection {selection!r}: choose one of {', '.join(map(repr, sel.SELECTION_RULES))}."
+            )
+        if selection == "window" and offset is None:
+            raise ValueError("selection='window' needs `offset`: the first kept rank (an int count or a fraction of N).")
+        if selection != "window" and offset is not None:
+            raise ValueError(
+                f"`offset` only applies to selection='window' (got selection={selection!r}). To keep the top k but "
+                "skip the m highest, use selection='window' with offset = N - m - k."
+            )
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"`beta` must lie in [0, 1), got {beta!r}.")
+        if num_strata < 1:
+            raise ValueError(f"`num_strata` must be a positive int, got {num_strata!r}.")
+        if beta and selection != "coverage":
+            raise ValueError(f"`beta` only applies to selection='coverage' (got selection={selection!r}).")
+        self.keep_fraction = float(keep_fraction)
+        self.selection = selection
+        self.offset = offset
+        self.class_balanced = bool(class_balanced)
+        self.seed = int(seed)
+        self.beta = float(beta)
+        self.num_strata = int(num_strata)
+        self.allow_infinite = bool(allow_infinite)
+        self.check_fingerprint = bool(check_fingerprint)
+        self.score_source = _describe(scores)
+        self._scores, self._fingerprint = self._load_scores(scores)
+        self._kept: Tensor | None = None
+        self._num_samples: int | None = None
+        self._restored: dict[str, Any] | None = None
+        self._verified_ranks = False
+        # pass-through: Lightning sees exactly the hooks the wrapped module overrides
+        for name in _PASS_THROUGH_HOOKS:
+            if is_overridden(name, datamodule, LightningDataModule):
+                setattr(self, name, getattr(datamodule, name))
+        self.prepare_data_per_node = datamodule.prepare_data_per_node
+        self.allow_zero_length_dataloader_with_multiple_devices = (
+            datamodule.allow_zero_length_dataloader_with_multiple_devices
+        )
+        self._log_hyperparams = datamodule._log_hyperparams
+        _repair_cli_hparams(datamodule)
+
+    # ------------------------------------------------------------------------------------------ pass-through
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: anything else (``dm.num_classes``) is the wrapped module's
+        wrapped = self.__dict__.get("datamodule")
+        if wrapped is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(wrapped, name)
+
+    @property
+    def trainer(self) -> Any:
+        return self.__dict__.get("_trainer")
+
+    @trainer.setter
+    def trainer(self, trainer: Any) -> None:
+        self.__dict__["_trainer"] = trainer
+        wrapped = self.__dict__.get("datamodule")
+        if wrapped is not None:
+            wrapped.trainer = trainer
+
+    @property
+    def hparams(self) -> Any:  # type: ignore[override]
+        """The wrapped module's hyperparameters, unchanged (the pruning settings are in :meth:`state_dict`)."""
+        return self.datamodule.hparams
+
+    @property
+    def hparams_initial(self) -> Any:  # type: ignore[override]
+        return self.datamodule.hparams_initial
+
+    # ----------------------------------------------------------------------------------------------- scores
+
+    def _load_scores(self, scores: ScoreSource) -> tuple[Tensor | None, str | None]:
+        if scores is None:
+            if self.selection != "random":
+                raise ValueError(f"`scores` is required for selection={self.selection!r} (only 'random' ignores them).")
+            return None, None
+        if isinstance(scores, Tensor):
+            return sel.check_scores(scores, allow_infinite=self.allow_infinite), None
+        if not isinstance(scores, (str, os.PathLike, list, tuple)) and not hasattr(scores, "label_fingerprint"):
+            raise TypeError(
+                "`scores` must be a Tensor[N], a score-file path, or a list of score-file paths (averaged), got "
+                f"{type(scores).__name__}."
+            )
+        from lightning_datadiet.store import scores_from
+
+        loaded: ScoreFile = scores_from(list(scores) if isinstance(scores, tuple) else scores)
+        name = f"scores ({self.score_source})"
+        return sel.check_scores(loaded.scores, allow_infinite=self.allow_infinite, name=name), loaded.label_fingerprint
+
+    def _check_against(self, dataset: Dataset) -> Tensor | None:
+        """Check the scores against the training set; return its labels when they are needed."""
+        n = len(dataset)  # type: ignore[arg-type]
+        name = type(self.datamodule).__name__
+        if self._scores is not None and self._scores.numel() != n:
+            raise ValueError(
+                f"The scores ({self.score_source}) hold {self._scores.numel()} values but the training set of {name} "
+                f"has {n} examples. They were computed on another dataset or split: recompute them on this "
+                "datamodule's training set, or pass the score file that belongs to it."
+            )
+        need_fingerprint = self.check_fingerprint and self._fingerprint is not None
+        if not (self.class_balanced or need_fingerprint):
+            return None
+        try:
+            labels = dataset_targets(dataset)
+        except (TypeError, ValueError, KeyError) as err:
+            why = "class_balanced=True" if self.class_balanced else "checking the score file's label fingerprint"
+            fix = "" if self.class_balanced else " or pass `check_fingerprint=False`"
+            raise ValueError(
+                f"{why} needs the labels of the training set of {name}, which could not be read ({err}). Expose "
+                f"`dataset.targets`{fix}."
+            ) from err
+        if need_fingerprint:
+            from lightning_datadiet.store import ScoreFileError, label_fingerprint
+
+            here = label_fingerprint(labels)
+            if here != self._fingerprint:
+                raise ScoreFileError(
+                    f"The score file ({self.score_source}) was computed on another training set: its label "
+                    f"fingerprint {self._fingerprint} differs from {here}, that of the {n} labels of {name}'s training "
+                    "set. Recompute the scores on this datamodule, pass the matching score file, or pass "
+                    "`check_fingerprint=False` if the labels were changed on purpose."
+                )
+        return labels
+
+    def _compute(self, dataset: Dataset) -> Tensor:
+        labels = self._check_against(dataset)
+        n = len(dataset)  # type: ignore[arg-type]
+        k = sel.keep_count(n, self.keep_fraction)
+        scores = self._scores if self._scores is not None else n
+        if self.selection == "random":
+            return sel.random(scores, k, seed=self.seed, labels=labels, class_balanced=self.class_balanced)
+        kwargs = {"beta": self.beta, "num_strata": self.num_strata} if self.selection == "coverage" else {}
+        return sel.select(
+            scores,  # type: ignore[arg-type]
+            k,
+            self.selection,
+            offset=self.offset,
+            labels=labels,
+            class_balanced=self.class_balanced,
+            seed=self.seed,
+            **kwargs,
+        )
+
+    def _ensure_selection(self, dataset: Dataset) -> Tensor:
+        n = len(dataset)  # type: ignore[arg-type]
+        if self._kept is not None and self._num_samples == n:
+            return self._kept
+        if self._restored is not None:
+            restored = self._restored
+            if restored["num_samples"] != n:
+                raise ValueError(
+                    f"The checkpoint's subset was selected from {restored['num_samples']} training examples but the "
+                    f"training set now has {n}: resume with the same datamodule configuration."
+                )
+            kept = restored["kept_indices"]
+            try:
+                fresh = self._compute(dataset)
+            except (ValueError, OSError) as err:
+                warnings.warn(f"Resuming on the checkpoint's subset; the scores no longer give a selection ({err}).", stacklevel=3)
+            else:
+                if not torch.equal(fresh, kept):
+                    warnings.warn(
+                        f"The scores ({self.score_source}) now select a different subset than the one in the checkpoint "
+                        f"({int((~torch.isin(fresh, kept)).sum())} of {kept.numel()} indices differ); resuming on the "
+                        "checkpoint's subset so that the fit continues on the same data.",
+                        stacklevel=3,
+                    )
+            self._restored = None
+        else:
+            kept = self._compute(dataset)
+        self._kept, self._num_samples = kept, n
+        return kept
+
+    def _training_dataset(self) -> Dataset:
+        try:
+            loader = self.datamodule.train_dataloader()
+        except Exception as err:
+            raise RuntimeError(
+                f"Could not get the training set from {type(self.datamodule).__name__}.train_dataloader() ({err!r}). "
+                "The selection needs the training set: call `prepare_data()` and `setup('fit')` first."
+            ) from err
+        return _single_loader(loader).dataset
+
+    def _verify_across_ranks(self, kept: Tensor) -> None:
+        """Under DDP, check that every rank selected the same subset (the rule is deterministic, so it should)."""
+        trainer = self.trainer
+        if self._verified_ranks or trainer is None or trainer.world_size <= 1:
+            return
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        mine = _digest(kept)
+        reference = trainer.strategy.broadcast(mine, src=0)
+        if not trainer.strategy.reduce_boolean_decision(mine == reference, all=True):
+            raise RuntimeError(
+                "The ranks selected different training subsets: the scores or the training set differ between "
+                "processes. Make every rank read the same score file and build the same training set."
+            )
+        self._verified_ranks = True
+
+    # -------------------------------------------------------------------------------------------- public API
+
+    def train_dataloader(self) -> DataLoader:
+        """The wrapped module's training loader, rebuilt over exactly the kept examples (see :func:`subset_dataloader`)."""
+        loader = _single_loader(self.datamodule.train_dataloader())
+        kept = self._ensure_selection(loader.dataset)
+        self._verify_across_ranks(kept)
+        return subset_dataloader(loader, kept)
+
+    def _selected(self) -> Tensor:
+        if self._kept is None:
+            self._ensure_selection(self._training_dataset())
+        assert self._kept is not None
+        return self._kept
+
+    @property
+    def kept_indices(self) -> Tensor:
+        """Sorted ``LongTensor`` of the kept indices into the wrapped module's training set (computed on first use)."""
+        return self._selected().clone()
+
+    @property
+    def keep_count(self) -> int:
+        """Number of kept examples."""
+        return int(self._selected().numel())
+
+    @property
+    def num_samples(self) -> int:
+        """Size of the full (unpruned) training set."""
+        self._selected()
+        assert self._num_samples is not None
+        return self._num_samples
+
+    def state_dict(self) -> dict[str, Any]:
+        """The kept indices (if selected yet), the pruning settings and the wrapped module's state."""
+        state: dict[str, Any] = {
+            "keep_fraction": self.keep_fraction,
+            "selection": self.selection,
+            "offset": self.offset,
+            "class_balanced": self.class_balanced,
+            "seed": self.seed,
+            "beta": self.beta,
+            "num_strata": self.num_strata,
+            "score_source": self.score_source,
+        }
+        kept = self._kept if self._kept is not None else (self._restored or {}).get("kept_indices")
+        if kept is not None:
+            state["kept_indices"] = kept.clone()
+            state["num_samples"] = self._num_samples if self._kept is not None else self._restored["num_samples"]  # type: ignore[index]
+        wrapped = self.datamodule.state_dict()
+        if wrapped:
+            state["datamodule"] = wrapped
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the kept indices: the next ``train_dataloader()`` uses them (warning if the scores now differ)."""
+        if "datamodule" in state_dict:
+            self.datamodule.load_state_dict(state_dict["datamodule"])
+        if "kept_indices" not in state_dict:
+            return
+        changed = [
+            key
+            for key in ("keep_fraction", "selection", "offset", "class_balanced", "seed", "beta", "num_strata")
+            if key in state_dict and state_dict[key] != getattr(self, key)
+        ]
+        if changed:
+            warnings.warn(
+                f"The checkpoint's subset was selected with other settings ({', '.join(changed)}); resuming on the "
+                "checkpoint's subset. Start a new fit (without `ckpt_path`) to train on the new selection.",
+                stacklevel=2,
+            )
+        kept = torch.as_tensor(state_dict["kept_indices"], dtype=torch.long)
+        self._restored = {"kept_indices": kept, "num_samples": int(state_dict["num_samples"])}
+        self._kept, self._num_samples = None, None
+
+    def __repr__(self) -> str:
+        extra = f", offset={self.offset!r}" if self.offset is not None else ""
+        return (
+            f"{type(self).__name__}({type(self.datamodule).__name__}, scores={self.score_source}, "
+            f"keep_fraction={self.keep_fraction}, selection={self.selection!r}{extra}, "
+            f"class_balanced={self.class_balanced}, seed={self.seed})"
+        )
+
+
+def _repair_cli_hparams(datamodule: LightningDataModule) -> None:
+    """Undo a LightningCLI quirk: it instantiates *every* LightningDataModule in the ``data`` config with the
+    hyperparameters of the whole ``data`` entry, so a nested (wrapped) module calling ``save_hyperparameters()``
+    receives the wrapper's settings instead of its own. Its own ``init_args`` are inside them: restore those.
+    (Its ``save_hyperparameters(ignore=...)`` cannot be replayed; all its init args are kept.)"""
+    hparams = datamodule.__dict__.get("_hparams")
+    if not hparams or hparams.get("_instantiator") != "lightning.pytorch.cli.instantiate_module":
+        return
+    nested = hparams.get("datamodule")
+    own = type(datamodule).__name__
+    if not isinstance(nested, dict) or str(nested.get("class_path", "")).rsplit(".", 1)[-1] != own:
+        return
+    if str(hparams.get("_class_path", "")).rsplit(".", 1)[-1] == own:
+        return
+    fixed = {
+        "_class_path": nested["class_path"],
+        **(nested.get("init_args") or {}),
+        **(nested.get("dict_kwargs") or {}),
+        "_instantiator": hparams["_instantiator"],
+    }
+    datamodule._hparams = AttributeDict(fixed)
+    datamodule._hparams_initial = copy.deepcopy(datamodule._hparams)
+
+
+def _single_loader(loader: Any) -> DataLoader:
+    if not isinstance(loader, DataLoader):
+        raise TypeError(
+            f"PrunedDataModule needs the wrapped train_dataloader() to return one DataLoader, got {type(loader).__name__}. "
+            "Wrap a datamodule with a single training loader over a map-style dataset."
+        )
+    return loader
+
+
+def _describe(scores: Any) -> str:
+    if scores is None:
+        return "none"
+    if isinstance(scores, Tensor):
+        return f"tensor of {scores.numel()}"
+    if isinstance(scores, (str, os.PathLike)):
+        return os.fspath(scores)
+    if isinstance(scores, (list, tuple)):
+        return f"mean of {len(scores)} files: " + ", ".join(os.fspath(s) if isinstance(s, (str, os.PathLike)) else "?" for s in scores)
+    path = getattr(scores, "path", None)
+    return os.fspath(path) if path is not None else type(scores).__name__
