@@ -1,0 +1,194 @@
+"""Callbacks that score the whole training set in a separate pass (EL2N, GraNd)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from typing_extensions import override
+
+from lightning_datadiet.callbacks._base import ScoreCallback, gather_by_index, resolve_module
+from lightning_datadiet.data.targets import batch_inputs_targets
+from lightning_datadiet.scores.grand import eval_mode
+
+__all__ = ["PassScoreCallback", "random_transforms"]
+
+_RANDOM_NAMES = ("ColorJitter", "AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix", "ElasticTransform")
+
+
+def random_transforms(dataset: Any, _depth: int = 0) -> list[str]:
+    """Names of random (augmenting) torchvision-style transforms found on ``dataset`` (and wrapped datasets)."""
+    found: list[str] = []
+    if _depth > 5 or dataset is None:
+        return found
+    for attr in ("transform", "transforms", "target_transform"):
+        t = getattr(dataset, attr, None)
+        stack = [t]
+        while stack:
+            item = stack.pop()
+            if item is None:
+                continue
+            name = type(item).__name__
+            if name.startswith("Random") or name in _RANDOM_NAMES:
+                found.append(name)
+            inner = getattr(item, "transforms", None)
+            if isinstance(inner, (list, tuple)):
+                stack.extend(inner)
+            elif isinstance(item, nn.Sequential):
+                stack.extend(item.children())
+    for attr in ("dataset", "datasets"):
+        inner = getattr(dataset, attr, None)
+        if isinstance(inner, (list, tuple)):
+            for d in inner:
+                found += random_transforms(d, _depth + 1)
+        elif inner is not None and inner is not dataset:
+            found += random_transforms(inner, _depth + 1)
+    return found
+
+
+class PassScoreCallback(ScoreCallback):
+    """Scores every training example after the given numbers of completed epochs, in eval mode, in index order.
+
+    Subclasses implement :meth:`score_batch`.
+    """
+
+    def __init__(
+        self,
+        epochs: int | Sequence[int],
+        *,
+        dirpath: str | os.PathLike | None = None,
+        dataset: Dataset | None = None,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        logits_module: str | None = None,
+        input_key: int | str | None = None,
+        target_key: int | str | None = None,
+        seed: int | None = None,
+        save: bool = True,
+        log_histogram: bool = True,
+    ) -> None:
+        super().__init__(
+            epochs,
+            dirpath=dirpath,
+            logits_module=logits_module,
+            input_key=input_key,
+            target_key=target_key,
+            seed=seed,
+            save=save,
+            log_histogram=log_histogram,
+        )
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}.")
+        if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
+            raise ValueError(f"num_workers must be a non-negative int or None, got {num_workers!r}.")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self._warned_augmentation = False
+
+    def score_batch(self, module: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ scheduling
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if 0 in self.epochs and 0 not in self.scores_by_epoch and trainer.current_epoch == 0:
+            self.score_now(trainer, pl_module, epoch=0)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # Score at the last batch, before a validation-triggered checkpoint can be written for this epoch.
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._end_of_epoch(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end_of_epoch(trainer, pl_module)
+
+    def _end_of_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        completed = trainer.current_epoch + 1
+        if completed in self.epochs and completed not in self.scores_by_epoch:
+            self.score_now(trainer, pl_module, epoch=completed)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        missed = [e for e in self.epochs if e not in self.scores_by_epoch]
+        if missed:
+            rank_zero_warn(
+                f"{type(self).__name__}: the fit ended after {trainer.current_epoch} epoch(s), so scoring epoch(s) "
+                f"{missed} never ran. Train longer or lower `epochs`."
+            )
+
+    # ------------------------------------------------------------------ the pass
+    def scoring_dataset(self, trainer: pl.Trainer) -> Dataset:
+        """The dataset scored: ``dataset=`` if given, else the DataModule's ``score_dataset()``, else the training
+        DataLoader's dataset (with a warning when it applies random augmentation)."""
+        train_dataset = self._train_dataset(trainer)
+        dataset = self.dataset
+        if dataset is None:
+            dm = trainer.datamodule
+            hook = getattr(dm, "score_dataset", None) if dm is not None else None
+            if callable(hook):
+                dataset = hook()
+        if dataset is None:
+            dataset = train_dataset
+            found = random_transforms(dataset)
+            if found and not self._warned_augmentation:
+                self._warned_augmentation = True
+                rank_zero_warn(
+                    f"{type(self).__name__}: the training dataset applies random augmentation ({', '.join(sorted(set(found)))}), "
+                    "so the scores are computed on augmented inputs, unlike the paper. Pass the un-augmented "
+                    "training set as `dataset=` or define `score_dataset()` on your DataModule."
+                )
+        if len(dataset) != len(train_dataset):  # type: ignore[arg-type]
+            raise ValueError(
+                f"{type(self).__name__}: the scoring dataset has {len(dataset)} items but the training dataset has "  # type: ignore[arg-type]
+                f"{len(train_dataset)}. It must be the same items in the same order (only transforms may differ)."  # type: ignore[arg-type]
+            )
+        return dataset
+
+    def score_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, epoch: int) -> Tensor:
+        """Score the whole training set with the current weights and record it as ``epoch``. Collective."""
+        dataset = self.scoring_dataset(trainer)
+        num_samples = len(dataset)  # type: ignore[arg-type]
+        train_loader = trainer.train_dataloader
+        batch_size = self.batch_size or getattr(train_loader, "batch_size", None) or 256
+        num_workers = self.num_workers if self.num_workers is not None else getattr(train_loader, "num_workers", 0)
+        collate_fn = getattr(train_loader, "collate_fn", None)
+        world, rank = trainer.world_size, trainer.global_rank
+        shard = torch.arange(rank, num_samples, world)  # strided shard of this rank, no padding
+        subset = dataset if world == 1 else Subset(dataset, shard.tolist())
+        loader = DataLoader(
+            subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_fn
+        )
+        module = resolve_module(pl_module, self.logits_module)
+        device = pl_module.device
+        values = torch.empty(shard.numel(), dtype=torch.float32, device=device)
+        labels = torch.empty(shard.numel(), dtype=torch.long, device=device)
+        pos = 0
+        with eval_mode(pl_module):
+            for batch_idx, batch in enumerate(loader):
+                batch = trainer.strategy.batch_to_device(batch, device)
+                inputs, targets = batch_inputs_targets(batch, input_key=self.input_key, target_key=self.target_key)
+                targets = targets.to(device)
+                out = self.score_batch(module, inputs, targets)
+                n = out.numel()
+                if n != targets.shape[0]:
+                    raise RuntimeError(f"score_batch returned {n} scores for a batch of {targets.shape[0]} (batch {batch_idx}).")
+                values[pos : pos + n] = out.to(torch.float32)
+                labels[pos : pos + n] = targets.long()
+                pos += n
+        if pos != shard.numel():
+            raise RuntimeError(f"The scoring pass saw {pos} examples but expected {shard.numel()}.")
+        scores = gather_by_index(trainer, values, shard, num_samples, float("nan"))
+        all_labels = gather_by_index(trainer, labels, shard, num_samples, -1)
+        self._record(trainer, epoch, scores, all_labels)
+        return scores
