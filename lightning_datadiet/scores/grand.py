@@ -82,9 +82,17 @@ def grand(model: nn.Module, inputs: Tensor, targets: Tensor, *, chunk_size: int 
         return torch.sqrt(squared), logits
 
     with eval_mode(model), torch.enable_grad():
-        norms, logits = vmap(norm_of_one, in_dims=(None, 0, 0), chunk_size=chunk_size, randomness="error")(
-            trainable, inputs, targets.long()
-        )
+        try:
+            norms, logits = vmap(norm_of_one, in_dims=(None, 0, 0), chunk_size=chunk_size, randomness="error")(
+                trainable, inputs, targets.long()
+            )
+        except (RuntimeError, IndexError):
+            # Explain the common causes (targets out of range, bad output shape) before the raw error.
+            with torch.no_grad():
+                probe = model(inputs[:1])
+            check_logits(probe, what="grand", batch_size=1)
+            check_targets(targets, inputs.shape[0], probe.shape[1], what="grand")
+            raise
     check_logits(logits, what="grand", batch_size=inputs.shape[0])
     check_targets(targets, inputs.shape[0], logits.shape[1], what="grand")
     return norms.detach()
