@@ -52,6 +52,18 @@ def random_transforms(dataset: Any, _depth: int = 0) -> list[str]:
     return found
 
 
+def sync_buffers_from_rank_zero(module: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics drift apart between DDP ranks after each
+    rank's last forward pass; DDP itself re-broadcasts them from rank 0 at the next forward). Scores then use the
+    statistics that a checkpoint saves, and all ranks score with the same model."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 class PassScoreCallback(ScoreCallback):
     """Scores every training example after the given numbers of completed epochs, in eval mode, in index order.
 
@@ -171,6 +183,8 @@ class PassScoreCallback(ScoreCallback):
         )
         module = resolve_module(pl_module, self.logits_module)
         device = pl_module.device
+        if world > 1:
+            sync_buffers_from_rank_zero(pl_module)
         values = torch.empty(shard.numel(), dtype=torch.float32, device=device)
         labels = torch.empty(shard.numel(), dtype=torch.long, device=device)
         pos = 0
