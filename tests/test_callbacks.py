@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from lightning_datadiet import EL2NCallback, ForgettingCallback, GraNdCallback, el2n, grand, load_scores
 from lightning_datadiet.store import label_fingerprint
+
 from tiny import ScriptedModule, TinyDataModule, TinyModule, expected_forgetting, scripted_data
 
 

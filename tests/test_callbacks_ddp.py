@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lightning_datadiet import el2n, grand, load_scores
+
 from tiny import TinyNet, expected_forgetting, make_data, scripted_data
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_scores.py"

@@ -9,6 +9,7 @@ from torch import nn
 
 from lightning_datadiet import el2n, grand
 from lightning_datadiet.scores import ForgettingState, forgetting_scores, forgetting_update
+
 from tiny import TinyNet
 
 

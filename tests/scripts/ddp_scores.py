@@ -14,6 +14,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lightning_datadiet import EL2NCallback, ForgettingCallback, GraNdCallback  # noqa: E402
+
 from tiny import ScriptedModule, TinyDataModule, TinyModule, scripted_data  # noqa: E402
 
 
