@@ -13,6 +13,7 @@ Run: ``.venv/bin/python examples/analysis_barrier.py`` (CPU, a few minutes). Wri
 
 from __future__ import annotations
 
+import argparse
 import logging
 import tempfile
 import warnings
@@ -77,6 +78,12 @@ def noisy_digits() -> LightningDataModule:
 
 
 def main() -> None:
+    global NOISE
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--noise", type=float, default=NOISE, help="label-noise fraction (default 0.2)")
+    parser.add_argument("--figure", default="analysis_barrier.png", help="file name under docs/figures")
+    args = parser.parse_args()
+    NOISE = args.noise
     torch.set_num_threads(2)
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -114,7 +121,7 @@ def main() -> None:
             + " ".join(f"{d['error_a']:.3f}/{d['error_b']:.3f}" for d in rows)
         )
     plot_spawning_barriers(
-        result, FIGURES / "analysis_barrier.png", title=f"digits, {NOISE:.0%} label noise: barrier on {SUBSET} examples"
+        result, FIGURES / args.figure, title=f"digits, {NOISE:.0%} label noise: barrier on {SUBSET} examples"
     )
 
 
