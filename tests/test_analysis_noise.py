@@ -237,3 +237,39 @@ def test_noise_draw_is_unrelated_to_a_plain_randperm_with_the_same_seed():
     noise = label_noise(y, 0.2, "permute", seed=0)
     random_subset = torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:200]
     assert noise.drawn[random_subset].float().mean() < 0.5
+
+
+class _TrainOnlyDM(_TinyDM):
+    """No val_dataloader and no batch hooks."""
+
+    val_dataloader = LightningDataModule.val_dataloader
+
+
+class _ValidatingLinear(_Linear):
+    def __init__(self):
+        super().__init__()
+        self.hook_calls = 0
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        self.hook_calls += 1
+        return batch
+
+
+def test_noisy_datamodule_mirrors_which_hooks_the_wrapped_module_defines():
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    dm = NoisyLabelDataModule(_TrainOnlyDM(), 0.25, seed=0)
+    assert not is_overridden("val_dataloader", dm) and not is_overridden("on_before_batch_transfer", dm)
+    assert is_overridden("val_dataloader", NoisyLabelDataModule(_TinyDM(), 0.25))
+
+    model = _ValidatingLinear()  # has validation_step, but the data has no val loader: validation is skipped
+    trainer = Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert model.hook_calls == 8  # the LightningModule's batch hook is used: 64 / 8 batches
+    assert dm.datamodule.trainer is trainer and dm.trainer is trainer

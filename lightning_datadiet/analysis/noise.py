@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
 
@@ -39,6 +40,14 @@ __all__ = [
 
 NoiseMode = Literal["uniform", "permute", "uniform_other"]
 _MODES = ("uniform", "permute", "uniform_other")
+_MIRRORED_HOOKS = (
+    "val_dataloader",
+    "test_dataloader",
+    "predict_dataloader",
+    "transfer_batch_to_device",
+    "on_before_batch_transfer",
+    "on_after_batch_transfer",
+)
 # The dict keys tried for the label of a dict item, as in ``lightning_datadiet.data.targets``.
 _TARGET_KEYS = ("y", "target", "targets", "label", "labels", "class", "classes")
 
@@ -318,8 +327,10 @@ class NoisyLabelDataModule(LightningDataModule):
     Only the dataset of ``train_dataloader()`` gets noisy labels; the loader is rebuilt with the same settings
     (batch size, shuffle for a ``RandomSampler``, a custom sampler or batch sampler reused as is, ``drop_last``,
     workers, collate function, ``pin_memory``, ``persistent_workers``...). ``prepare_data``, ``setup``,
-    ``teardown``, the val/test/predict loaders, the batch-transfer hooks and the state dict pass through, and
-    any other attribute is read from the wrapped module. The noise is drawn once per train dataset and reused
+    ``teardown`` and the state dict pass through; the val/test/predict loaders and the batch-transfer hooks
+    are forwarded when the wrapped module overrides them and otherwise left undefined, as in the wrapped module
+    (so Lightning skips a missing loader and uses a LightningModule's own batch hooks); the trainer is attached
+    to both modules, and any other attribute is read from the wrapped module. The noise is drawn once per train dataset and reused
     when ``train_dataloader()`` is called again, so it is the same in every epoch.
 
     Args:
@@ -356,6 +367,12 @@ class NoisyLabelDataModule(LightningDataModule):
         self.num_classes = num_classes
         self.target_key = target_key
         self.noisy_dataset: NoisyLabelDataset | None = None
+        # Lightning decides whether to use a loader or batch hook by whether the module overrides it; mirror the
+        # wrapped module: an overridden hook is forwarded, any other stays LightningDataModule's default (so a
+        # missing val_dataloader skips validation, and a LightningModule's batch hooks are still used).
+        for name in _MIRRORED_HOOKS:
+            if is_overridden(name, datamodule, LightningDataModule):
+                setattr(self, name, getattr(datamodule, name))
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: forward to the wrapped module (guarded for unpickling).
@@ -363,23 +380,27 @@ class NoisyLabelDataModule(LightningDataModule):
             raise AttributeError(name)
         return getattr(self.__dict__["datamodule"], name)
 
-    def _sync_trainer(self) -> None:
-        if getattr(self, "trainer", None) is not None:
-            self.datamodule.trainer = self.trainer
+    @property
+    def trainer(self) -> Any:
+        return self.__dict__.get("_trainer")
+
+    @trainer.setter
+    def trainer(self, trainer: Any) -> None:
+        # Lightning attaches the trainer to the module it is given: pass it on to the wrapped one.
+        self.__dict__["_trainer"] = trainer
+        if "datamodule" in self.__dict__:
+            self.__dict__["datamodule"].trainer = trainer
 
     def prepare_data(self) -> None:
-        self._sync_trainer()
         self.datamodule.prepare_data()
 
     def setup(self, stage: str) -> None:
-        self._sync_trainer()
         self.datamodule.setup(stage)
 
     def teardown(self, stage: str) -> None:
         self.datamodule.teardown(stage)
 
     def train_dataloader(self) -> DataLoader:
-        self._sync_trainer()
         loader = self.datamodule.train_dataloader()
         if not isinstance(loader, DataLoader):
             raise TypeError(
@@ -395,27 +416,6 @@ class NoisyLabelDataModule(LightningDataModule):
                 target_key=self.target_key,
             )
         return _rebuild_loader(loader, self.noisy_dataset)
-
-    def val_dataloader(self) -> Any:
-        self._sync_trainer()
-        return self.datamodule.val_dataloader()
-
-    def test_dataloader(self) -> Any:
-        self._sync_trainer()
-        return self.datamodule.test_dataloader()
-
-    def predict_dataloader(self) -> Any:
-        self._sync_trainer()
-        return self.datamodule.predict_dataloader()
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        return self.datamodule.transfer_batch_to_device(batch, device, dataloader_idx)
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return self.datamodule.on_before_batch_transfer(batch, dataloader_idx)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return self.datamodule.on_after_batch_transfer(batch, dataloader_idx)
 
     def state_dict(self) -> dict[str, Any]:
         return self.datamodule.state_dict()
