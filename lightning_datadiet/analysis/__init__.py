@@ -1,4 +1,4 @@
-"""Analyses of the paper: label noise, score stability, kernel velocity and error barriers."""
+"""Analyses of the paper: label noise, score stability, kernel velocity, error barriers and sliding windows."""
 
 from lightning_datadiet.analysis.barrier import (
     classification_error,
