@@ -4,6 +4,7 @@ TensorBoard histograms and checkpoint state."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,21 @@ def resolve_module(pl_module: nn.Module, path: str | None) -> nn.Module:
             f"logits_module={path!r} is not a submodule of {type(pl_module).__name__}; its children are {names}."
         ) from err
     return module
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*")
+
+
+def check_method_name(method: Any) -> str:
+    """``method`` names the score files (``<method>_epoch<E>_seed<S>.scores``), so it must be a plain name: letters,
+    digits, ``_``, ``+``, ``-``. Path separators, ``..`` or dots could write outside ``dirpath``."""
+    if not isinstance(method, str) or not _SAFE_NAME.fullmatch(method):
+        raise ValueError(
+            f"The score method name {method!r} cannot be used in a file name: it must start with a letter or digit "
+            "and hold only letters, digits, '_', '+' and '-' (no path separators, dots or spaces), so that score "
+            "files stay inside `dirpath`. Rename it, e.g. 'el2n_ema'."
+        )
+    return method
 
 
 def default_seed() -> int | None:
@@ -109,6 +125,8 @@ class ScoreCallback(Callback):
         self.score_paths: dict[int, Path] = {}
         self.label_fingerprint: str | None = None
         self.num_samples: int | None = None
+        self._restored = False
+        check_method_name(self.method)
 
     # ------------------------------------------------------------------ public results
     @property
@@ -151,6 +169,16 @@ class ScoreCallback(Callback):
             )
         return dataset
 
+    def _check_restored_size(self, num_samples: int) -> None:
+        """After a resume: refuse a training set whose length differs from the one the restored scores cover."""
+        if self._restored and self.num_samples is not None and self.num_samples != num_samples:
+            raise ValueError(
+                f"{type(self).__name__}: the checkpoint's scores cover {self.num_samples} training examples but the "
+                f"training set now has {num_samples}. Resume with the same dataset (scores are indexed by position), "
+                "or start a new fit without `ckpt_path`."
+            )
+        self._restored = False
+
     def _labels_fingerprint(self, labels: Tensor) -> str:
         from lightning_datadiet.store import label_fingerprint
 
@@ -159,6 +187,7 @@ class ScoreCallback(Callback):
     def _record(self, trainer: pl.Trainer, epoch: int, scores: Tensor, labels: Tensor | None) -> None:
         """Keep ``scores`` for ``epoch``, write the score file and the histogram (rank zero)."""
         scores = scores.detach().to(torch.float32).cpu()
+        check_method_name(self.method)
         self.num_samples = scores.numel()
         if labels is not None:
             self.label_fingerprint = self._labels_fingerprint(labels)
@@ -229,5 +258,6 @@ class ScoreCallback(Callback):
         self.score_paths = {int(k): Path(v) for k, v in state_dict.get("score_paths", {}).items()}
         self.label_fingerprint = state_dict.get("label_fingerprint", self.label_fingerprint)
         self.num_samples = state_dict.get("num_samples", self.num_samples)
+        self._restored = True
         if self.seed is None:
             self.seed = state_dict.get("seed")

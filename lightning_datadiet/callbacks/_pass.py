@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from lightning_datadiet.callbacks._base import ScoreCallback, gather_by_index, resolve_module
 from lightning_datadiet.data.targets import batch_inputs_targets
+from lightning_datadiet.scores._checks import check_targets
 from lightning_datadiet.scores.grand import eval_mode
 
 __all__ = ["PassScoreCallback", "random_transforms"]
@@ -50,6 +51,26 @@ def random_transforms(dataset: Any, _depth: int = 0) -> list[str]:
         elif inner is not None and inner is not dataset:
             found += random_transforms(inner, _depth + 1)
     return found
+
+
+def _batch_size(inputs: Any, targets: Tensor) -> int:
+    """Rows of the batch: the first input tensor's leading size (the targets' own length if none is found)."""
+    from torch.utils._pytree import tree_leaves
+
+    for leaf in tree_leaves(inputs):
+        if isinstance(leaf, Tensor) and leaf.ndim >= 1:
+            return int(leaf.shape[0])
+    return int(targets.shape[0]) if targets.ndim else 1
+
+
+def _rng_states(cuda_devices: list[int]) -> list[Tensor]:
+    states = [torch.random.get_rng_state()]
+    states += [torch.cuda.get_rng_state(d) for d in cuda_devices]
+    return states
+
+
+def _same_states(a: list[Tensor], b: list[Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def sync_buffers_from_rank_zero(module: nn.Module) -> None:
@@ -103,6 +124,7 @@ class PassScoreCallback(ScoreCallback):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self._warned_augmentation = False
+        self._warned_randomness = False
 
     def score_batch(self, module: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -110,6 +132,7 @@ class PassScoreCallback(ScoreCallback):
     # ------------------------------------------------------------------ scheduling
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_restored_size(len(self._train_dataset(trainer)))
         if 0 in self.epochs and 0 not in self.scores_by_epoch and trainer.current_epoch == 0:
             self.score_now(trainer, pl_module, epoch=0)
 
@@ -188,12 +211,27 @@ class PassScoreCallback(ScoreCallback):
         values = torch.empty(shard.numel(), dtype=torch.float32, device=device)
         labels = torch.empty(shard.numel(), dtype=torch.long, device=device)
         pos = 0
-        with eval_mode(pl_module):
+        where = f"{type(self).__name__} (pass `target_key=`/`input_key=` if the batch holds them elsewhere)"
+        # The pass draws from no generator that training uses: building the DataLoader iterator consumes the global
+        # RNG, so it is forked (restored afterwards) and a fit with scoring callbacks trains exactly like one without.
+        rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with eval_mode(pl_module), torch.random.fork_rng(devices=rng_devices):
             for batch_idx, batch in enumerate(loader):
                 batch = trainer.strategy.batch_to_device(batch, device)
                 inputs, targets = batch_inputs_targets(batch, input_key=self.input_key, target_key=self.target_key)
                 targets = targets.to(device)
+                check_targets(targets, _batch_size(inputs, targets), None, what=where)
+                if batch_idx == 0:
+                    before = _rng_states(rng_devices)
                 out = self.score_batch(module, inputs, targets)
+                if batch_idx == 0 and not self._warned_randomness and not _same_states(_rng_states(rng_devices), before):
+                    self._warned_randomness = True
+                    rank_zero_warn(
+                        f"{type(self).__name__}: the model drew random numbers in eval mode while scoring (the global "
+                        "RNG advanced during its forward pass), so the scores are random too: two scorings of the same "
+                        "weights differ. Make the randomness depend on `self.training` (as nn.Dropout does), or score "
+                        "a submodule without it via `logits_module=`."
+                    )
                 n = out.numel()
                 if n != targets.shape[0]:
                     raise RuntimeError(f"score_batch returned {n} scores for a batch of {targets.shape[0]} (batch {batch_idx}).")

@@ -35,6 +35,7 @@ class ForgettingCallback(ScoreCallback):
     DataLoader's batch sampler (exact under shuffling, workers, persistent workers and DDP). Under DDP the
     presentations of all ranks are gathered by sample index at the end of each epoch, so every rank holds the same
     counts. Requires a map-style dataset and a DataLoader with ``batch_size`` (torch's ``BatchSampler``).
+    Presentations whose logits hold NaN/inf are skipped (neither correct nor incorrect), with a warning per epoch.
 
     Args:
         epochs: completed epochs after which to also write a snapshot (the final counts are always written at the end
@@ -91,7 +92,9 @@ class ForgettingCallback(ScoreCallback):
         # presentations of the current epoch on this rank, in order (dense, reused)
         self._buf_idx = torch.empty(0, dtype=torch.int64)
         self._buf_correct: Tensor | None = None
+        self._buf_valid = torch.empty(0, dtype=torch.bool)
         self._buf_len = 0
+        self.skipped_presentations = 0  # presentations with NaN/inf logits, not counted (this process)
 
     @property
     @override
@@ -170,38 +173,51 @@ class ForgettingCallback(ScoreCallback):
                 f"{logits.shape[0]} rows."
             )
         correct = logits.argmax(dim=1) == targets  # [B] bool, stays on device: no sync per batch
-        self._append(indices, correct)
+        valid = torch.isfinite(logits).all(dim=1)  # NaN/inf rows (e.g. a skipped AMP step) are not presentations
+        self._append(indices, correct, valid)
         self.labels[indices.to(self.labels.device, non_blocking=True)] = targets.to(torch.int32)
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self._flush(trainer)
 
-    def _append(self, indices: Tensor, correct: Tensor) -> None:
+    def _append(self, indices: Tensor, correct: Tensor, valid: Tensor) -> None:
         n = indices.numel()
         need = self._buf_len + n
         if self._buf_correct is None or self._buf_correct.device != correct.device:
             self._buf_correct = torch.empty(0, dtype=torch.bool, device=correct.device)
-        if need > self._buf_idx.numel():
+            self._buf_valid = torch.empty(0, dtype=torch.bool, device=correct.device)
+        if need > self._buf_idx.numel() or need > self._buf_correct.numel():
             capacity = max(need, 2 * self._buf_idx.numel(), 1024)
             grown_idx = torch.empty(capacity, dtype=torch.int64)
             grown_idx[: self._buf_len] = self._buf_idx[: self._buf_len]
             grown_c = torch.empty(capacity, dtype=torch.bool, device=correct.device)
             grown_c[: self._buf_len] = self._buf_correct[: self._buf_len]
-            self._buf_idx, self._buf_correct = grown_idx, grown_c
+            grown_v = torch.empty(capacity, dtype=torch.bool, device=correct.device)
+            grown_v[: self._buf_len] = self._buf_valid[: self._buf_len]
+            self._buf_idx, self._buf_correct, self._buf_valid = grown_idx, grown_c, grown_v
         self._buf_idx[self._buf_len : need] = indices
         self._buf_correct[self._buf_len : need] = correct
+        self._buf_valid[self._buf_len : need] = valid
         self._buf_len = need
 
     def _flush(self, trainer: pl.Trainer) -> None:
         """Apply this epoch's presentations of every rank, in (position, rank) order. Collective."""
         assert self.state is not None
         idx = self._buf_idx[: self._buf_len]
-        correct = (
-            self._buf_correct[: self._buf_len].cpu() if self._buf_correct is not None else torch.empty(0, dtype=torch.bool)
-        )
+        empty = torch.empty(0, dtype=torch.bool)
+        correct = self._buf_correct[: self._buf_len].cpu() if self._buf_correct is not None else empty
+        valid = self._buf_valid[: self._buf_len].cpu() if self._buf_correct is not None else empty
         self._buf_len = 0
+        skipped = int((~valid).sum())
+        if skipped:
+            self.skipped_presentations += skipped
+            rank_zero_warn(
+                f"ForgettingCallback: {skipped} presentation(s) this epoch had NaN/inf logits (a diverging model, or "
+                "fp16 overflow in a step that mixed precision skips); they are not counted as correct or incorrect. "
+                "If training diverged, lower the learning rate or clip gradients: the forgetting counts are unreliable."
+            )
         if trainer.world_size > 1:
             device = trainer.strategy.root_device
-            code = (idx * 2 + correct.long()).to(device)  # one gather carries index and correctness
+            code = torch.where(valid, idx * 2 + correct.long(), -1).to(device)  # index and correctness in one gather
             count = torch.tensor([code.numel()], device=device)
             longest = int(trainer.strategy.all_gather(count).max())
             padded = torch.full((longest,), -1, dtype=torch.int64, device=device)
@@ -210,6 +226,8 @@ class ForgettingCallback(ScoreCallback):
             merged = gathered.t().reshape(-1)  # position-major, then rank
             merged = merged[merged >= 0]
             idx, correct = merged // 2, (merged % 2).bool()
+        else:
+            idx, correct = idx[valid], correct[valid]
         forgetting_update(self.state, idx, correct)
 
     # ------------------------------------------------------------------ epoch / fit end

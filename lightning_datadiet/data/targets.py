@@ -11,7 +11,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorD
 
 __all__ = ["dataset_targets", "batch_inputs_targets"]
 
-_INPUT_KEYS = ("x", "input", "inputs", "image", "images", "img", "data", "features")
+_INPUT_KEYS = ("x", "input", "inputs", "image", "images", "img", "pixel_values", "data", "features")
 _TARGET_KEYS = ("y", "target", "targets", "label", "labels", "class", "classes")
 
 
@@ -108,5 +108,13 @@ def batch_inputs_targets(
             "with input and target entries. Make the dataset return one of these forms."
         )
     if not isinstance(targets, Tensor):
-        targets = torch.as_tensor(targets)
+        try:
+            targets = torch.as_tensor(targets)
+        except (TypeError, ValueError, RuntimeError) as err:
+            first = targets[0] if isinstance(targets, (list, tuple)) and targets else targets
+            raise TypeError(
+                f"The batch's targets are a {type(targets).__name__} of {type(first).__name__}, which is not a tensor "
+                f"of integer class ids ({err}). Map the labels to ints in the dataset (e.g. a class-name -> id dict), "
+                "or pass `target_key=` if the targets are another entry of the batch."
+            ) from err
     return inputs, targets

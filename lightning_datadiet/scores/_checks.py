@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -16,8 +18,15 @@ def check_targets(targets: Tensor, batch_size: int, num_classes: int | None, *, 
             "one-hot."
         )
     if targets.ndim != 1 or targets.shape[0] != batch_size:
+        hint = ""
+        if targets.ndim == 2 and targets.shape[0] == batch_size:
+            hint = (
+                " One-hot labels are not supported: pass `targets.argmax(1)`."
+                if targets.shape[1] > 1
+                else " Squeeze the trailing dimension: `targets.squeeze(1)`."
+            )
         raise ValueError(
-            f"{what}: targets must have shape [B] = [{batch_size}], got {tuple(targets.shape)}."
+            f"{what}: targets must be integer class ids of shape [B] = [{batch_size}], got {tuple(targets.shape)}.{hint}"
         )
     if num_classes is not None and targets.numel():
         lo, hi = int(targets.min()), int(targets.max())
@@ -40,13 +49,33 @@ def check_logits(logits: Tensor, *, what: str, batch_size: int | None = None) ->
             f"{logits.dtype}. Scores need per-class logits for a classification model; pass `logits_module=` naming "
             "the submodule that returns them."
         )
+    if logits.shape[1] < 2:
+        raise ValueError(
+            f"{what}: expected logits of shape [B, K] with K >= 2 classes, got {tuple(logits.shape)}. A single output "
+            "column (binary classification with a sigmoid) has no class distribution to score: pass two-class logits, "
+            "e.g. `torch.cat([torch.zeros_like(z), z], dim=1)` for one logit z per example."
+        )
     if batch_size is not None and logits.shape[0] != batch_size:
         raise ValueError(f"{what}: the logits have {logits.shape[0]} rows for a batch of {batch_size} examples.")
-    if not bool(torch.isfinite(logits).all()):
-        bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+    if logits.numel() == 0:
+        return
+    # one host sync for both checks: all finite? do the rows look like probabilities rather than logits?
+    rows = logits.detach()
+    prob_like = (rows.min() >= 0) & (rows.max() <= 1) & ((rows.sum(dim=1) - 1).abs() <= 1e-3).all()
+    finite, probabilities = torch.stack([torch.isfinite(rows).all(), prob_like]).tolist()
+    if not finite:
+        bad = int((~torch.isfinite(rows)).any(dim=1).sum())
         raise FloatingPointError(
             f"{what}: {bad} example(s) have NaN/inf logits; the model diverged or the inputs hold NaN. Lower the "
             "learning rate, check the data, or score an earlier epoch."
+        )
+    if probabilities:
+        warnings.warn(
+            f"{what}: the model outputs look like probabilities (every row is non-negative and sums to 1), not "
+            "logits. The scores apply softmax themselves, so softmax outputs give wrong scores (a double softmax). "
+            "Return the logits, the input of softmax (log_softmax outputs are fine too).",
+            UserWarning,
+            stacklevel=3,
         )
 
 
