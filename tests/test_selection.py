@@ -324,9 +324,9 @@ def test_same_steps_epochs():
 
 
 @pytest.mark.slow
-def test_ten_million_examples_correct_counts():
-    """Every rule handles N = 10M (timings are a benchmark: benchmarks/bench_scale.py, not a timed test)."""
-    n = 10_000_000
+def test_two_million_examples_correct_counts():
+    """Every rule handles N = 2M (timings are a benchmark: benchmarks/bench_scale.py, not a timed test)."""
+    n = 2_000_000
     g = torch.Generator().manual_seed(0)
     s = torch.rand(n, generator=g)
     labels = torch.randint(0, 100, (n,), generator=g)
@@ -340,5 +340,5 @@ def test_ten_million_examples_correct_counts():
     }
     for name, call in calls.items():
         kept = call()
-        assert kept.numel() in (3_000_000, 5_000_000), name
+        assert kept.numel() in (600_000, 1_000_000), name
         assert bool((kept[1:] > kept[:-1]).all()), name  # sorted, unique
