@@ -3,6 +3,7 @@ TensorBoard histograms and checkpoint state."""
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -65,6 +66,18 @@ def check_method_name(method: Any) -> str:
     return method
 
 
+def _checked_seed(seed: Any) -> int | None:
+    """The run seed goes into score file names: an int (or None), never a string that could hold a path."""
+    if seed is None:
+        return None
+    try:
+        if isinstance(seed, bool):
+            raise TypeError
+        return operator.index(seed)
+    except TypeError:
+        raise ValueError(f"`seed` must be an int or None, got {seed!r} ({type(seed).__name__}).") from None
+
+
 def default_seed() -> int | None:
     value = os.environ.get("PL_GLOBAL_SEED")
     try:
@@ -118,7 +131,7 @@ class ScoreCallback(Callback):
         self.logits_module = logits_module
         self.input_key = input_key
         self.target_key = target_key
-        self.seed = seed
+        self.seed = _checked_seed(seed)
         self.save = save
         self.log_histogram = log_histogram
         self.scores_by_epoch: dict[int, Tensor] = {}
@@ -260,4 +273,4 @@ class ScoreCallback(Callback):
         self.num_samples = state_dict.get("num_samples", self.num_samples)
         self._restored = True
         if self.seed is None:
-            self.seed = state_dict.get("seed")
+            self.seed = _checked_seed(state_dict.get("seed"))

@@ -257,8 +257,9 @@ class ForgettingCallback(ScoreCallback):
         labels = self.labels
         if trainer.world_size > 1:
             labels = trainer.strategy.all_gather(labels).max(dim=0).values
-        labels = self._fill_unseen_labels(trainer, labels.cpu().long())
-        unseen = int((labels < 0).sum())
+        labels = labels.cpu().long()
+        unseen = int((labels < 0).sum())  # counted before the labels of unseen examples are filled in
+        labels = self._fill_unseen_labels(trainer, labels)
         if unseen:
             rank_zero_warn(
                 f"ForgettingCallback: {unseen} training example(s) were never presented (limit_train_batches or "
