@@ -148,7 +148,41 @@ def summarize(out: Path) -> None:
     text = "\n".join(lines)
     (out / "summary.md").write_text(text + "\n")
     print(text)
+    plot(table, out / "accuracy_vs_pruned.png")
+
+
+def plot(table: dict[tuple, list[float]], path: Path) -> None:
+    """Test accuracy vs fraction pruned, one line per method (mean over seeds; markers show each seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    full = table.get(("full", 1.0))
+    if full:
+        ax.axhline(100 * sum(full) / len(full), color="k", ls="--", lw=1, label="full data")
+    for method in METHODS:
+        pts = sorted((1 - f, accs) for (m, f), accs in table.items() if m == method)
+        if not pts:
+            continue
+        xs = [x for x, _ in pts]
+        line = ax.plot(xs, [100 * sum(a) / len(a) for _, a in pts], marker="o", label=method)[0]
+        for x, accs in pts:
+            ax.scatter([x] * len(accs), [100 * a for a in accs], color=line.get_color(), s=10, alpha=0.5)
+    ax.set_xlabel("fraction of training set pruned")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("CIFAR-10 (8k-image subset), SmallCNN, 2-core CPU")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] == ["--summarize"]:
+        summarize(Path(sys.argv[2]))
+    else:
+        main()
