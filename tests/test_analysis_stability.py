@@ -128,3 +128,25 @@ def test_single_vs_mean_by_hand():
     assert with_self["k"] == 3 and with_self["mean"] > out["mean"]
     with pytest.raises(ValueError, match="k"):
         single_vs_mean(runs, k=3)
+
+
+def test_stability_report_from_real_score_files(tmp_path):
+    store = pytest.importorskip("lightning_datadiet.store")
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(50, generator=g)
+    paths = [
+        store.save_scores(
+            tmp_path / f"el2n_e3_s{s}",
+            base + 0.1 * torch.rand(50, generator=g),
+            method="el2n",
+            epoch=3,
+            seed=s,
+        )
+        for s in range(3)
+    ]
+    mean = store.average_scores(paths)
+    table = stability_report([*paths, mean])
+    assert table.names == ["el2n@3 s0", "el2n@3 s1", "el2n@3 s2", "el2n@3"]
+    assert table["el2n@3 s0", "el2n@3"] == pytest.approx(
+        rank_correlation(store.load_scores(paths[0]).scores, mean.scores)
+    )
