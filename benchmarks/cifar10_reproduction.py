@@ -23,7 +23,13 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from lightning_datadiet import EL2NCallback, ForgettingCallback, GraNdCallback, PrunedDataModule, average_scores
+from lightning_datadiet import (
+    EL2NCallback,
+    ForgettingCallback,
+    GraNdCallback,
+    PrunedDataModule,
+    average_scores,
+)
 from lightning_datadiet.datasets import CIFAR10DataModule
 from lightning_datadiet.models import ClassifierModule, SmallCNN
 
