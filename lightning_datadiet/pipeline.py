@@ -64,6 +64,7 @@ RULES = ("highest", "lowest", "window", "coverage")
 DATASETS = ("digits", "cifar10")
 NOISE_MODES = ("uniform", "permute", "uniform_other")
 BUDGETS = ("same_steps", "same_epochs")
+PROGRESS_REFRESH_RATE = 10  # progress bars redraw every 10 steps
 
 # per-dataset defaults for the options left at None
 _DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -587,7 +588,11 @@ def _make_trainer(
     cfg: PipelineConfig, max_epochs: int, *, logger: Any, callbacks: list | None = None, val: bool
 ):
     from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import TQDMProgressBar
 
+    callbacks = list(callbacks or [])
+    if cfg.progress_bar:  # redrawing the bar on every step costs more than a tiny model's step
+        callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_RATE))
     return Trainer(
         max_epochs=max_epochs,
         accelerator=cfg.accelerator,
@@ -1072,7 +1077,7 @@ def plot_accuracy(cfg: PipelineConfig, results: list[dict[str, Any]], path: Path
         ax.set_xlabel("fraction of training data pruned")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"budget: {cfg.budget}; lines = mean over seeds, bands = 16th-84th percentile", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1108,9 +1113,9 @@ def plot_histograms(cfg: PipelineConfig, masks: dict[str, torch.Tensor], path: P
             scores = load_scores(p).scores.double()
             inf = torch.isinf(scores)
             finite = scores[~inf]
-            hi = float(finite.max()) if finite.numel() else 1.0
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 0.0)
             shown = scores.clone()
-            shown[inf] = hi * 1.05 + 1e-6
+            shown[inf] = hi + max(1.0 if method == "forgetting" else 0.0, 0.1 * (hi - lo), 1e-3)
             bins = np.linspace(float(shown.min()), float(shown.max()) + 1e-9, 41)
             mask = masks.get(s.name)
             if mask is not None and bool(mask.any()):
