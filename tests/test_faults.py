@@ -178,20 +178,20 @@ def test_K3_pipeline_killed_and_rerun_loses_no_finished_run(tmp_path):
     cli = ["-m", "lightning_datadiet.cli"]
     args = ["--output_dir", str(out), *_PIPELINE]
     # 1) killed in the scoring stage, right after its first run finished
-    proc = _spawn(*cli, "score", *args, cwd=REPO)
+    proc = _spawn(*cli, "score", *args, cwd=tmp_path)
     _kill_when(proc, lambda: any(out.glob("scores/*/run_seed*.json")))
     markers = sorted(out.glob("scores/*/run_seed*.json"))
     assert 1 <= len(markers) < 3
     kept = _snapshot(markers + [m.parent / f for m in markers for f in _marker_paths(m)])
     # 2) rerun (all stages), killed in the retraining stage after its first finished run
-    proc = _spawn(*cli, "demo", *args, cwd=REPO)
+    proc = _spawn(*cli, "demo", *args, cwd=tmp_path)
     _kill_when(proc, lambda: any(out.glob("results/runs/*.json")))
     finished = sorted(out.glob("results/runs/*.json"))
     planned = 3 * 4  # seeds x (full data, random, el2n-highest, forgetting-highest)
     assert 1 <= len(finished) < planned
     kept.update(_snapshot(finished))
     # 3) rerun the retraining stage to the end
-    done = subprocess.run([sys.executable, *cli, "train", *args], capture_output=True, text=True, cwd=REPO,
+    done = subprocess.run([sys.executable, *cli, "train", *args], capture_output=True, text=True, cwd=tmp_path,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     summary = f"{planned} runs planned, {len(finished)} done before, {planned - len(finished)} to train"
@@ -200,6 +200,7 @@ def test_K3_pipeline_killed_and_rerun_loses_no_finished_run(tmp_path):
     for path, (mtime, raw) in kept.items():  # nothing finished before a kill was redone or lost
         assert path.stat().st_mtime_ns == mtime and path.read_bytes() == raw, path
     assert len(list(out.glob("scores/*/run_seed*.json"))) == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # X5: nothing written outside the output folder
 
 
 def _marker_paths(marker: Path) -> list[str]:

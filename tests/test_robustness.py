@@ -350,6 +350,16 @@ def test_N1_nonfinite_logits_while_scoring(tmp_path, make, what, value):
     assert not (tmp_path / "s").exists() or not list((tmp_path / "s").iterdir())  # no file with bad scores
 
 
+def test_N2_a_diverged_fit_stops_at_the_next_scoring(tmp_path):
+    """A learning rate far too high drives the weights to inf/NaN: the next scoring refuses with the fix, and no
+    score file holds the NaN scores."""
+    seed_everything(0)
+    cb = EL2NCallback(epochs=1, dirpath=tmp_path / "s")
+    with pytest.raises(FloatingPointError, match=r"NaN/inf logits; the model diverged.*Lower the learning rate"):
+        _fit(tmp_path, [cb], TinyModule(lr=1e30), dm=TinyDataModule(n=N))
+    assert cb.scores is None and not list(tmp_path.glob("s/*"))
+
+
 class SqrtAtZero(nn.Module):
     """Finite logits whose gradient is NaN: d/dp sqrt(p^2) at p = 0 is 0/0."""
 
@@ -791,3 +801,4 @@ def test_X4_no_network_access_at_run_time(tmp_path, monkeypatch):
     pruned = PrunedDataModule(TinyDataModule(n=N), str(cbs[0].score_paths[1]), keep_fraction=0.5)
     assert avg.num_samples == N and pruned.keep_count == N // 2
     assert calls == []
+
