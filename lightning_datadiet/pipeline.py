@@ -1036,7 +1036,7 @@ def plot_accuracy(cfg: PipelineConfig, results: list[dict[str, Any]], path: Path
 
     groups = _group(results)
     names = [s.name for s in settings(cfg)]
-    fig, axes = plt.subplots(1, len(names), figsize=(6.2 * len(names), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.6 * len(names) + 2.4, 4.6), squeeze=False)
     window_markers = iter("osD^v<>p*h" * 4)
     markers: dict[str, str] = {}
     for ax, name in zip(axes[0], names):
@@ -1077,7 +1077,7 @@ def plot_accuracy(cfg: PipelineConfig, results: list[dict[str, Any]], path: Path
         ax.set_xlabel("fraction of training data pruned")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(f"budget: {cfg.budget}; lines = mean over seeds, bands = 16th-84th percentile", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
