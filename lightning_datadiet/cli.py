@@ -1,4 +1,4 @@
-"""The ``datadiet`` command: ``score``, ``train`` (alias ``prune``), ``report`` and ``demo`` (all three).
+"""The ``datadiet`` command: ``score``, ``train`` (alias ``prune``), ``report``, ``demo`` (all three) and ``analyze``.
 
 Every option is a field of :class:`~lightning_datadiet.pipeline.PipelineConfig`, settable by flag or by a YAML
 file (``--config``), in jsonargparse / LightningCLI conventions (``--print_config`` prints a complete YAML).
@@ -84,7 +84,50 @@ def build_parser() -> ArgumentParser:
         sub.add_class_arguments(PipelineConfig, nested_key=None, as_group=False)
         extra = {"aliases": ["prune"]} if name == "train" else {}
         subcommands.add_subcommand(name, sub, help=short, **extra)
+    analyze = ArgumentParser(
+        prog="datadiet analyze",
+        description=(
+            "Score stability: pairwise Spearman rank correlations between score files (early vs late epochs, single "
+            "runs vs their mean, method vs method), written as a Markdown table, a CSV and a heatmap PNG, and "
+            "printed. The other analyses (NTK velocity, error barriers with BarrierSpawnCallback, sliding-window "
+            "sweeps, label-noise detection) are library calls in lightning_datadiet.analysis: see docs/analysis.md."
+        ),
+    )
+    analyze.add_argument("--scores", type=list[str], required=True, help="Score files to compare, e.g. [a.scores,b.scores].")
+    analyze.add_argument("--output_dir", type=str, default="runs/analysis", help="Folder for stability.md/.csv/.png.")
+    analyze.add_argument("--mean", type=bool, default=True, help="Add the mean of all files as one more column.")
+    subcommands.add_subcommand("analyze", analyze, help="score stability report over score files (Spearman)")
     return parser
+
+
+def run_analyze(score_paths: Sequence[str], output_dir: str, add_mean: bool = True) -> Path:
+    """Stability report over ``score_paths``; returns the Markdown file. Raises ``PipelineError`` on bad files."""
+    from lightning_datadiet.analysis import plot_heatmap, stability_report
+    from lightning_datadiet.store import ScoreFileError, check_compatible, load_scores
+
+    if len(score_paths) < 2:
+        raise PipelineError("analyze needs at least two score files (--scores [a.scores,b.scores]).")
+    try:
+        files = [load_scores(p) for p in score_paths]
+        check_compatible(files)  # same dataset (length, label fingerprint)
+    except (ScoreFileError, FileNotFoundError) as err:
+        raise PipelineError(str(err)) from err
+    named: dict[str, Any] = {}
+    for path, f in zip(score_paths, files):
+        named[Path(path).name.removesuffix(".scores")] = f.scores
+    if add_mean:
+        import torch
+
+        named["mean"] = torch.stack([f.scores.double() for f in files]).mean(0)
+    table = stability_report(named)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "stability.md"
+    md.write_text(table.to_markdown() + "\n")
+    table.to_csv(out / "stability.csv")
+    plot_heatmap(table, out / "stability.png")
+    print(table.to_markdown())
+    return md
 
 
 def _normalize(argv: Sequence[str]) -> list[str]:
@@ -103,6 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = _normalize(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser()
     ns = parser.parse_args(argv)  # type errors and unknown options exit here with status 2
+    if ns.stage == "analyze":
+        try:
+            run_analyze(ns.analyze.scores, ns.analyze.output_dir, ns.analyze.mean)
+        except PipelineError as err:
+            print(f"datadiet analyze: error: {err}", file=sys.stderr)
+            return 2
+        return 0
     stage = "train" if ns.stage == "prune" else ns.stage
     options = ns[ns.stage].as_dict()
     values = {k: v for k, v in options.items() if k in PipelineConfig.__dataclass_fields__}
