@@ -542,9 +542,16 @@ def select(
     labels: Tensor | None = None,
     class_balanced: bool = False,
     seed: int = 0,
+    tie_break: str = "index",
     **rule_kwargs: Any,
 ) -> Tensor:
     """Apply the selection rule named ``rule`` (one of :data:`SELECTION_RULES`) and return sorted kept indices.
+
+    ``tie_break``: ``"index"`` (default) breaks ties among equal scores by dataset index, as every rule does;
+    ``"random"`` breaks them by a permutation seeded with ``seed`` (still deterministic). Use ``"random"`` when many
+    scores tie (forgetting counts, ``+inf`` never-learned examples) and the dataset is ordered, e.g. by class: with
+    index order the kept tied examples would all come from the end of the dataset. Scores without ties select the
+    same examples either way.
 
     ``keep_fraction_or_k``: float fraction in ``(0, 1]`` or int count. ``offset`` is required by ``"window"`` and
     refused by the other rules. ``seed`` is used by ``"random"`` and ``"coverage"``; ``rule_kwargs`` go to the
@@ -555,6 +562,17 @@ def select(
     """
     if rule not in SELECTION_RULES:
         raise ValueError(f"Unknown selection rule {rule!r}: choose one of {', '.join(map(repr, SELECTION_RULES))}.")
+    if tie_break not in ("index", "random"):
+        raise ValueError(f"`tie_break` must be 'index' or 'random', got {tie_break!r}.")
+    if tie_break == "random" and rule != "random":
+        n = scores.numel()
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 7919))  # [N] position -> index
+        kept = select(
+            scores[perm], keep_fraction_or_k, rule, offset=offset,
+            labels=None if labels is None else torch.as_tensor(labels)[perm],
+            class_balanced=class_balanced, seed=seed, tie_break="index", **rule_kwargs,
+        )
+        return torch.sort(perm[kept]).values
     if rule == "window":
         if offset is None:
             raise ValueError(

@@ -465,3 +465,26 @@ def test_docs_rule_outputs_are_what_the_code_prints():
         else:
             exec(line, namespace)
     assert checked == 8
+
+
+def test_tie_break_option_reaches_the_selection():
+    from lightning.pytorch import LightningDataModule
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import lightning_datadiet.selection as S
+
+    class DM(LightningDataModule):
+        def __init__(self):
+            super().__init__()
+            self.ds = TensorDataset(torch.randn(100, 2), torch.arange(100) // 10)
+
+        def train_dataloader(self):
+            return DataLoader(self.ds, batch_size=10)
+
+    scores = torch.full((100,), float("inf"))
+    pdm = PrunedDataModule(DM(), scores, 0.1, tie_break="random", seed=2)
+    assert torch.equal(pdm.kept_indices, S.select(scores, 10, "highest", tie_break="random", seed=2))
+    assert pdm.state_dict()["tie_break"] == "random"
+    assert PrunedDataModule(DM(), scores, 0.1).kept_indices.tolist() == list(range(90, 100))
+    with pytest.raises(ValueError, match="tie_break"):
+        PrunedDataModule(DM(), scores, 0.1, tie_break="x")

@@ -342,3 +342,27 @@ def test_two_million_examples_correct_counts():
         kept = call()
         assert kept.numel() in (600_000, 1_000_000), name
         assert bool((kept[1:] > kept[:-1]).all()), name  # sorted, unique
+
+
+def test_random_tie_break_spreads_tied_examples_and_is_seeded():
+    # forgetting-like scores on a class-ordered dataset: 60 of 100 examples tie at +inf
+    labels = torch.arange(100) // 10  # sorted by class
+    scores = torch.zeros(100)
+    scores[torch.arange(0, 100, 5)] = 1.0  # 20 finite, distinct-ish
+    scores[torch.arange(100) % 5 >= 2] = float("inf")
+    by_index = S.select(scores, 10, "highest")
+    assert torch.isinf(scores[by_index]).all()
+    assert labels[by_index].unique().tolist() == [8, 9]  # index order keeps the last tied examples only
+    by_random = S.select(scores, 10, "highest", tie_break="random", seed=3)
+    assert torch.isinf(scores[by_random]).all() and by_random.numel() == 10
+    assert labels[by_random].unique().numel() > 2
+    assert torch.equal(by_random, S.select(scores, 10, "highest", tie_break="random", seed=3))
+    assert not torch.equal(by_random, S.select(scores, 10, "highest", tie_break="random", seed=4))
+    # without ties, the tie-break changes nothing (every rule that ranks)
+    distinct = torch.randperm(100, generator=torch.Generator().manual_seed(0)).float()
+    for rule, kw in [("highest", {}), ("lowest", {}), ("window", {"offset": 20})]:
+        assert torch.equal(
+            S.select(distinct, 30, rule, **kw), S.select(distinct, 30, rule, tie_break="random", seed=9, **kw)
+        )
+    with pytest.raises(ValueError, match="tie_break"):
+        S.select(scores, 10, "highest", tie_break="nope")

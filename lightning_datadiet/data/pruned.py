@@ -145,6 +145,8 @@ class PrunedDataModule(LightningDataModule):
             rank highest). NaN is always refused.
         check_fingerprint: when the score file records a label fingerprint, refuse a training set whose labels
             differ (scores from another dataset or split).
+        tie_break: ``"index"`` (ties among equal scores broken by dataset index) or ``"random"`` (by a permutation
+            seeded with ``seed``); prefer ``"random"`` for forgetting scores on a class-ordered dataset.
 
     The selection is computed once, lazily, when the training set is first needed (the first ``train_dataloader()``
     call, or the first access to :attr:`kept_indices` / :attr:`keep_count`, which calls the wrapped
@@ -178,6 +180,7 @@ class PrunedDataModule(LightningDataModule):
         num_strata: int = 50,
         allow_infinite: bool = True,
         check_fingerprint: bool = True,
+        tie_break: str = "index",
     ) -> None:
         if not isinstance(datamodule, LightningDataModule):
             raise TypeError(f"`datamodule` must be a LightningDataModule, got {type(datamodule).__name__}.")
@@ -212,6 +215,9 @@ class PrunedDataModule(LightningDataModule):
         self.num_strata = int(num_strata)
         self.allow_infinite = bool(allow_infinite)
         self.check_fingerprint = bool(check_fingerprint)
+        if tie_break not in ("index", "random"):
+            raise ValueError(f"`tie_break` must be 'index' or 'random', got {tie_break!r}.")
+        self.tie_break = tie_break
         self.score_source = _describe(scores)
         self._scores, self._fingerprint = self._load_scores(scores)
         self._kept: Tensor | None = None
@@ -329,6 +335,7 @@ class PrunedDataModule(LightningDataModule):
             labels=labels,
             class_balanced=self.class_balanced,
             seed=self.seed,
+            tie_break=self.tie_break,
             **kwargs,
         )
 
@@ -430,6 +437,7 @@ class PrunedDataModule(LightningDataModule):
             "seed": self.seed,
             "beta": self.beta,
             "num_strata": self.num_strata,
+            "tie_break": self.tie_break,
             "score_source": self.score_source,
         }
         kept = self._kept if self._kept is not None else (self._restored or {}).get("kept_indices")
