@@ -187,7 +187,9 @@ class ForgettingCallback(ScoreCallback):
             self._buf_valid = torch.empty(0, dtype=torch.bool, device=correct.device)
         if need > self._buf_idx.numel() or need > self._buf_correct.numel():
             capacity = max(need, 2 * self._buf_idx.numel(), 1024)
-            grown_idx = torch.empty(capacity, dtype=torch.int64)
+            # int32 indices (4 bytes per presentation) unless the dataset is too large for them
+            idx_dtype = torch.int32 if (self.num_samples or 0) < 2**31 else torch.int64
+            grown_idx = torch.empty(capacity, dtype=idx_dtype)
             grown_idx[: self._buf_len] = self._buf_idx[: self._buf_len]
             grown_c = torch.empty(capacity, dtype=torch.bool, device=correct.device)
             grown_c[: self._buf_len] = self._buf_correct[: self._buf_len]
@@ -202,7 +204,7 @@ class ForgettingCallback(ScoreCallback):
     def _flush(self, trainer: pl.Trainer) -> None:
         """Apply this epoch's presentations of every rank, in (position, rank) order. Collective."""
         assert self.state is not None
-        idx = self._buf_idx[: self._buf_len]
+        idx = self._buf_idx[: self._buf_len].long()
         empty = torch.empty(0, dtype=torch.bool)
         correct = self._buf_correct[: self._buf_len].cpu() if self._buf_correct is not None else empty
         valid = self._buf_valid[: self._buf_len].cpu() if self._buf_correct is not None else empty
