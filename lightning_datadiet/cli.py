@@ -15,6 +15,7 @@ Examples::
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(resolved.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     sub_parser = parser._subcommands_action._name_parser_map[ns.stage]
-    (out / "config.yaml").write_text(sub_parser.dump(ns[ns.stage], skip_none=False))
+    with warnings.catch_warnings():  # skip_none is deprecated in jsonargparse >= 4.49 but needed for >= 4.27
+        warnings.simplefilter("ignore")
+        (out / "config.yaml").write_text(sub_parser.dump(ns[ns.stage], skip_none=False))
     run, _, _ = _STAGES[stage]
     try:
         run(resolved)

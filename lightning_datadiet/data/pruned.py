@@ -375,7 +375,9 @@ class PrunedDataModule(LightningDataModule):
         except Exception as err:
             raise RuntimeError(
                 f"Could not get the training set from {type(self.datamodule).__name__}.train_dataloader() ({err!r}). "
-                "The selection needs the training set: call `prepare_data()` and `setup('fit')` first."
+                "The selection needs the training set: if the datamodule is not set up yet, call `prepare_data()` and "
+                "`setup('fit')` first; if its training set is empty (torch refuses to shuffle 0 samples), there is "
+                "nothing to prune."
             ) from err
         return _single_loader(loader).dataset
 
