@@ -28,6 +28,8 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
 
+from lightning_datadiet.data.loaders import loader_settings
+
 __all__ = [
     "LabelNoise",
     "label_noise",
@@ -293,18 +295,7 @@ class NoisyLabelDataset(Dataset):
 
 def _rebuild_loader(loader: DataLoader, dataset: Dataset) -> DataLoader:
     """A DataLoader over ``dataset`` with the settings of ``loader``."""
-    common: dict[str, Any] = dict(
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator,
-        prefetch_factor=loader.prefetch_factor,
-        persistent_workers=loader.persistent_workers,
-        pin_memory_device=loader.pin_memory_device,
-    )
+    common = loader_settings(loader)
     if loader.batch_size is None:  # a custom batch_sampler: it yields indices, which still fit `dataset`
         return DataLoader(dataset, batch_sampler=loader.batch_sampler, **common)
     sampler = loader.sampler

@@ -30,6 +30,7 @@ from torch.utils.data import (
 )
 
 from lightning_datadiet import selection as sel
+from lightning_datadiet.data.loaders import loader_settings
 from lightning_datadiet.data.targets import dataset_targets
 
 if TYPE_CHECKING:
@@ -100,23 +101,8 @@ def subset_dataloader(loader: DataLoader, indices: Sequence[int] | Tensor) -> Da
             stacklevel=3,
         )
     index_list = indices.tolist() if isinstance(indices, Tensor) else [int(i) for i in indices]
-    kwargs: dict[str, Any] = {
-        "batch_size": loader.batch_size,
-        "shuffle": shuffle,
-        "num_workers": loader.num_workers,
-        "collate_fn": loader.collate_fn,
-        "pin_memory": loader.pin_memory,
-        "drop_last": loader.drop_last,
-        "timeout": loader.timeout,
-        "worker_init_fn": loader.worker_init_fn,
-        "multiprocessing_context": loader.multiprocessing_context,
-        "generator": generator,
-        "prefetch_factor": loader.prefetch_factor,
-        "persistent_workers": loader.persistent_workers,
-        "pin_memory_device": loader.pin_memory_device,
-    }
-    if hasattr(loader, "in_order"):
-        kwargs["in_order"] = loader.in_order
+    kwargs = loader_settings(loader)
+    kwargs.update(batch_size=loader.batch_size, shuffle=shuffle, drop_last=loader.drop_last, generator=generator)
     return DataLoader(Subset(dataset, index_list), **kwargs)
 
 
