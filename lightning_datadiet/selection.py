@@ -28,6 +28,7 @@ import math
 from fractions import Fraction
 from typing import Any, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -112,6 +113,31 @@ def _check_labels(labels: Any, n: int) -> Tensor:
     return labels.long()
 
 
+def _dense_labels(labels: Any, n: int) -> tuple[Tensor, Tensor]:
+    """Checked labels remapped to dense ids ``0..C-1`` of the classes present, in ascending class-id order (so
+    "lower class id first" tie-breaks are unchanged), and the original id of each dense class. Work and memory
+    follow the number of classes present, never the largest id."""
+    labels = _check_labels(labels, n)
+    classes, dense = torch.unique(labels, sorted=True, return_inverse=True)
+    return dense.long(), classes
+
+
+def _scalar(value: Any) -> Any:
+    """A plain Python number for numpy scalars and 0-d tensors (so ``np.int64(3)``, ``np.float64(0.5)`` and
+    ``torch.tensor(0.5)`` mean what ``3`` and ``0.5`` mean); anything else is returned unchanged."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.ndim != 0 or value.is_complex():
+            return value
+        return bool(value.item()) if value.dtype == torch.bool else value.item()
+    if isinstance(value, np.generic) and not isinstance(value, np.complexfloating):
+        if isinstance(value, np.bool_):
+            return bool(value)
+        return value.item()
+    return value
+
+
 def _exact(value: float) -> Fraction:
     # the decimal the user wrote (0.35 -> 7/20), not its binary approximation (0.34999...)
     return Fraction(repr(float(value)))
@@ -130,6 +156,7 @@ def keep_count(n: int, keep_fraction: float) -> int:
     Raises:
         ValueError: ``keep_fraction`` outside ``(0, 1]`` or ``n < 1``.
     """
+    keep_fraction = _scalar(keep_fraction)
     if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, (int, float)):
         raise TypeError(f"`keep_fraction` must be a number in (0, 1], got {keep_fraction!r}.")
     if not 0.0 < keep_fraction <= 1.0:
@@ -143,7 +170,9 @@ def keep_count(n: int, keep_fraction: float) -> int:
 
 
 def _as_count(value: Count, n: int, *, name: str, allow_zero: bool) -> int:
-    """An int is a count; a float is a fraction of ``n`` (round half up)."""
+    """An int is a count; a float is a fraction of ``n`` (round half up). Numpy scalars and 0-d tensors count
+    as the Python number they hold (an integer dtype is a count, a floating dtype a fraction)."""
+    value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be an int count or a float fraction of N, got {value!r}.")
     if isinstance(value, float):
@@ -256,13 +285,31 @@ def class_quotas(labels: Tensor, k: int, *, num_classes: int | None = None) -> T
     """
     labels = _check_labels(labels, torch.as_tensor(labels).numel())
     n = labels.numel()
+    k = _scalar(k)
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
         raise ValueError(f"`k` must be an int count in [0, {n}], got {k!r}.")
+    largest = int(labels.max()) if n else -1
     if num_classes is None:
-        num_classes = int(labels.max()) + 1 if n else 0
-    elif n and int(labels.max()) >= num_classes:
-        raise ValueError(f"`labels` holds class id {int(labels.max())} but `num_classes` = {num_classes}.")
-    counts = torch.bincount(labels, minlength=num_classes)
+        num_classes = largest + 1
+    elif largest >= num_classes:
+        raise ValueError(f"`labels` holds class id {largest} but `num_classes` = {num_classes}.")
+    classes, dense = torch.unique(labels, sorted=True, return_inverse=True)
+    if num_classes > max(4 * n, 1 << 16):
+        raise ValueError(
+            f"class_quotas would return a tensor of {num_classes} entries (one per class id up to {num_classes - 1}) "
+            f"for {n} labels. Remap the labels to dense ids first, e.g. `torch.unique(labels, return_inverse=True)[1]`; "
+            "the selection rules with class_balanced=True do this themselves."
+        )
+    quotas = torch.zeros(num_classes, dtype=torch.long)
+    if n:
+        quotas[classes] = _dense_quotas(dense, k, classes.numel())
+    return quotas
+
+
+def _dense_quotas(dense: Tensor, k: int, num_classes: int) -> Tensor:
+    """:func:`class_quotas` of dense class ids ``0..num_classes-1``."""
+    n = dense.numel()
+    counts = torch.bincount(dense, minlength=num_classes)
     numer = k * counts
     quotas, remainders = numer // n, numer % n
     missing = k - int(quotas.sum())
@@ -272,21 +319,22 @@ def class_quotas(labels: Tensor, k: int, *, num_classes: int | None = None) -> T
     return quotas
 
 
-def _per_class_ranges(labels: Tensor, k: int, offset: int | None, rule: str) -> tuple[Tensor, Tensor]:
-    """``[lo, hi)`` rank ranges within each class for a class-balanced rule keeping ``k`` in total."""
-    counts = torch.bincount(labels)
-    quotas = class_quotas(labels, k, num_classes=counts.numel())
+def _per_class_ranges(labels: Tensor, classes: Tensor, k: int, offset: int | None, rule: str) -> tuple[Tensor, Tensor]:
+    """``[lo, hi)`` rank ranges within each class for a class-balanced rule keeping ``k`` in total (``labels``
+    dense ids, ``classes`` their original ids)."""
+    counts = torch.bincount(labels, minlength=classes.numel())
+    quotas = _dense_quotas(labels, k, counts.numel())
     if rule == "highest":
         return counts - quotas, counts
     if rule == "lowest":
         return torch.zeros_like(quotas), quotas
     assert offset is not None
-    starts = class_quotas(labels, offset, num_classes=counts.numel())
+    starts = _dense_quotas(labels, offset, counts.numel())
     over = starts + quotas > counts
     if bool(over.any()):
         c = int(over.nonzero()[0])
         raise ValueError(
-            f"Class {c} cannot fill its quota: it has {int(counts[c])} examples but its share of the window is ranks "
+            f"Class {int(classes[c])} cannot fill its quota: it has {int(counts[c])} examples but its share of the window is ranks "
             f"[{int(starts[c])}, {int(starts[c] + quotas[c])}) within the class (per-class offset {int(starts[c])}, "
             f"quota {int(quotas[c])}). The window reaches past the top of this class: lower `offset` or `size`, use "
             "`highest` for a window that ends at the top, or pass `class_balanced=False`."
@@ -299,8 +347,8 @@ def _ranked_selection(scores: Tensor, k: int, offset: int, rule: str, labels: An
     if not class_balanced:
         order = torch.sort(_sort_key(scores), stable=True).indices  # ascending rank order
         return _as_sorted(order[offset : offset + k], n)
-    labels = _check_labels(labels, n)
-    lo, hi = _per_class_ranges(labels, k, offset if rule == "window" else None, rule)
+    labels, classes = _dense_labels(labels, n)
+    lo, hi = _per_class_ranges(labels, classes, k, offset if rule == "window" else None, rule)
     sizes = torch.bincount(labels, minlength=lo.numel())
     return _as_sorted(_take_ranges(_group_rank_order(scores, labels), sizes, lo, hi), n)
 
@@ -407,9 +455,12 @@ def random(
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
     if not class_balanced:
         return _as_sorted(perm[:k], n)
-    labels = _check_labels(labels, n)
-    quotas = class_quotas(labels, k)
+    labels, classes = _dense_labels(labels, n)
+    quotas = _dense_quotas(labels, k, classes.numel())
     return _as_sorted(_take_per_group(perm, labels[perm], torch.zeros_like(quotas), quotas), n)
+
+
+DEFAULT_NUM_STRATA = 50  # CCS's default
 
 
 def _stratum_budgets(counts: list[int], budget: int) -> list[int]:
@@ -433,7 +484,7 @@ def coverage(
     k: Count,
     *,
     beta: float = 0.0,
-    num_strata: int = 50,
+    num_strata: int | None = None,
     seed: int = 0,
     labels: Tensor | None = None,
     class_balanced: bool = False,
@@ -464,15 +515,24 @@ def coverage(
     scores = check_scores(scores)
     n = scores.numel()
     k = _as_count(k, n, name="k", allow_zero=False)
+    beta = _scalar(beta)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
         raise ValueError(f"`beta` is the hardest fraction dropped before sampling and must lie in [0, 1), got {beta!r}.")
+    num_strata_given = num_strata is not None
+    num_strata = DEFAULT_NUM_STRATA if num_strata is None else _scalar(num_strata)
     if isinstance(num_strata, bool) or not isinstance(num_strata, int) or num_strata < 1:
         raise ValueError(f"`num_strata` must be a positive int, got {num_strata!r}.")
+    if num_strata_given and num_strata > n:
+        raise ValueError(
+            f"`num_strata`={num_strata} is larger than the {n} examples: most strata would be empty and the work "
+            f"would grow with num_strata, not N. Pass at most N strata, or leave `num_strata` unset (CCS's {DEFAULT_NUM_STRATA}, for any N)."
+        )
     if class_balanced:
-        groups = _check_labels(labels, n)
-        quotas = class_quotas(groups, k)
+        groups, classes = _dense_labels(labels, n)
+        quotas = _dense_quotas(groups, k, classes.numel())
     else:
         groups, quotas = torch.zeros(n, dtype=torch.long), torch.tensor([k])
+        classes = torch.zeros(1, dtype=torch.long)
     num_groups = quotas.numel()
     sizes = torch.bincount(groups, minlength=num_groups)
 
@@ -488,7 +548,7 @@ def coverage(
     short = (sizes - drops < quotas).nonzero().flatten()
     if short.numel():
         c = int(short[0])
-        what = f"Class {c}" if class_balanced else "The selection"
+        what = f"Class {int(classes[c])}" if class_balanced else "The selection"
         raise ValueError(
             f"{what} cannot fill its quota: {int(quotas[c])} examples are to be kept but only {int(sizes[c] - drops[c])} "
             f"of {int(sizes[c])} remain after dropping the hardest beta = {beta} fraction ({int(drops[c])}). Lower "

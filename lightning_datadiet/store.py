@@ -22,7 +22,9 @@ import hashlib
 import json
 import operator
 import os
+import re
 import secrets
+import stat
 import struct
 import warnings
 from collections.abc import Sequence
@@ -253,7 +255,9 @@ def _as_scores(scores: Any) -> Tensor:
         raise ValueError(
             f"scores must be a 1-D tensor with one score per training example, got shape {tuple(tensor.shape)}."
         )
-    tensor = tensor.to(device="cpu", dtype=torch.float32).contiguous()
+    source = tensor.to("cpu")
+    tensor = source.to(torch.float32).contiguous()
+    _check_float32_faithful(source, tensor)
     nan = int(torch.isnan(tensor).sum())
     if nan:
         raise ValueError(
@@ -261,6 +265,41 @@ def _as_scores(scores: Any) -> Tensor:
             "be ranked. Fix the computation (e.g. a diverged run) or replace them, e.g. torch.nan_to_num(scores)."
         )
     return tensor
+
+
+_FLOAT32_EXACT_INT = 2**24  # every integer of magnitude <= 2^24 is exact in float32
+
+
+def _check_float32_faithful(source: Tensor, stored: Tensor) -> None:
+    """Refuse scores that float32 (the file's dtype) cannot hold faithfully: finite values that overflow to
+    +-inf, and integers (integer dtypes, or whole-number floats beyond 2^24) that float32 would change, which
+    would turn distinct counts into ties. Ordinary rounding of fractional float64 scores is accepted."""
+    if source.dtype == torch.float32 or source.dtype == torch.bool:
+        return
+    if source.is_floating_point():
+        overflow = torch.isfinite(source) & torch.isinf(stored)
+        if bool(overflow.any()):
+            first = int(overflow.nonzero()[0, 0])
+            raise ValueError(
+                f"scores hold {int(overflow.sum())} finite value(s) too large for float32 (e.g. scores[{first}] = "
+                f"{source[first].item():g}, max {torch.finfo(torch.float32).max:g}); saved as float32 they would become "
+                "+-inf and rank like 'never learned'. Fix: rescale the scores (e.g. divide by their max) or take "
+                "their log before saving."
+            )
+        whole = torch.isfinite(source) & (source == torch.round(source)) & (source.abs() > _FLOAT32_EXACT_INT)
+    else:
+        whole = source.abs() > _FLOAT32_EXACT_INT
+    if bool(whole.any()):
+        back = stored.to(source.dtype)
+        changed = whole & (back != source)
+        if bool(changed.any()):
+            first = int(changed.nonzero()[0, 0])
+            raise ValueError(
+                f"scores hold {int(changed.sum())} integer value(s) beyond 2^24 that float32 cannot represent exactly "
+                f"(e.g. scores[{first}] = {source[first].item()} would be stored as {stored[first].item():.0f}), so "
+                "distinct values could become ties. Fix: rescale them (e.g. subtract the minimum) or rank them "
+                "first, e.g. scores.argsort().argsort(), before saving."
+            )
 
 
 def _optional_int(value: Any, name: str) -> int | None:
@@ -274,12 +313,24 @@ def _optional_int(value: Any, name: str) -> int | None:
         raise ValueError(f"`{name}` must be an int or None, got {type(value).__name__}.") from None
 
 
+_METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*")
+_METHOD_RULE = "letters, digits, '_', '+' and '-', starting with a letter or digit"
+
+
 def _checked_method(method: Any) -> str:
-    if not isinstance(method, str) or not method.strip():
+    if not isinstance(method, str) or not _METHOD_NAME.fullmatch(method):
         raise ValueError(
-            f"`method` must be a non-empty string such as 'el2n', 'grand' or 'forgetting', got {method!r}."
+            f"`method` must be a plain name such as 'el2n', 'grand' or 'forgetting' ({_METHOD_RULE}; no path "
+            f"separators, dots or spaces), got {method!r}."
         )
     return method
+
+
+def _checked_epoch(epoch: Any) -> int | None:
+    epoch = _optional_int(epoch, "epoch")
+    if epoch is not None and epoch < 0:
+        raise ValueError(f"`epoch` must be a non-negative int (completed training epochs) or None, got {epoch}.")
+    return epoch
 
 
 def _checked_extra(extra: Any) -> dict[str, Any]:
@@ -387,7 +438,7 @@ def save_scores(
         'el2n_epoch020.scores'
     """
     method = _checked_method(method)
-    epoch = _optional_int(epoch, "epoch")
+    epoch = _checked_epoch(epoch)
     seed = _optional_int(seed, "seed")
     extra_dict = _checked_extra(extra)
     tensor = _as_scores(scores)
@@ -410,7 +461,14 @@ def save_scores(
             )
         fingerprint = label_fingerprint
 
-    target = Path(os.fspath(path)).expanduser()
+    raw_path = os.fspath(path)
+    if isinstance(raw_path, bytes):
+        raw_path = os.fsdecode(raw_path)
+    if not raw_path.strip():
+        raise ValueError("`path` is empty; pass a file name such as 'runs/el2n_epoch020.scores'.")
+    target = Path(raw_path).expanduser()
+    if not target.name or target.name in (".", ".."):
+        raise ValueError(f"`path` {raw_path!r} names a directory, not a file; pass e.g. {raw_path!r} + '/el2n.scores'.")
     if not target.suffix:
         target = target.with_name(target.name + SCORE_FILE_SUFFIX)
     if target.is_dir():
@@ -458,8 +516,10 @@ def _read_header(path: Path, raw: bytes) -> dict[str, Any]:
     fix = "the header is corrupted or was edited; recompute the scores or restore the file from a good copy"
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _refuse(path, f"the JSON header cannot be parsed ({err})", fix) from err
+    except RecursionError:
+        raise _refuse(path, "the JSON header is nested too deeply to be a score-file header", fix) from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, integers longer than Python's digit limit
+        raise _refuse(path, f"the JSON header cannot be parsed ({err})", fix) from None
     if not isinstance(header, dict):
         raise _refuse(path, f"the header is a JSON {type(header).__name__}, not an object", fix)
     missing = [k for k in _REQUIRED_KEYS if k not in header]
@@ -487,11 +547,13 @@ def _read_header(path: Path, raw: bytes) -> dict[str, Any]:
     sha = header["payload_sha256"]
     if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
         problems.append(f"payload_sha256={sha!r} is not a hex SHA-256")
-    if not isinstance(header["method"], str) or not header["method"]:
-        problems.append(f"method={header['method']!r} is not a non-empty string")
+    if not isinstance(header["method"], str) or not _METHOD_NAME.fullmatch(header["method"]):
+        problems.append(f"method={header['method']!r} is not a plain method name ({_METHOD_RULE})")
     for key in ("epoch", "seed"):
         if header[key] is not None and not is_int(header[key]):
             problems.append(f"{key}={header[key]!r} is not an integer or null")
+    if is_int(header["epoch"]) and header["epoch"] < 0:
+        problems.append(f"epoch={header['epoch']!r} is negative")
     for key in ("label_fingerprint",):
         if header[key] is not None and not isinstance(header[key], str):
             problems.append(f"{key}={header[key]!r} is not a string or null")
@@ -527,7 +589,8 @@ def load_scores(path: PathLike) -> ScoreFile:
     p = Path(os.fspath(path)).expanduser()
     recompute = "recompute the scores (or copy the file again from a good source)"
     try:
-        f = open(p, "rb")  # closed by the `with f:` below
+        # O_NONBLOCK: opening a named pipe must not wait for a writer; anything but a regular file is refused below.
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise _refuse(
             p,
@@ -539,6 +602,21 @@ def load_scores(path: PathLike) -> ScoreFile:
         raise _refuse(
             p, "is a directory, not a score file", f"pass one of the *{SCORE_FILE_SUFFIX} files inside it"
         ) from None
+    except OSError as err:
+        raise _refuse(p, f"cannot be opened ({err.strerror or err})", "check the path and its permissions") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise _refuse(p, "is a directory, not a score file", f"pass one of the *{SCORE_FILE_SUFFIX} files inside it")
+        raise _refuse(
+            p,
+            "is not a regular file (a named pipe, socket or device); score files are read only from regular files",
+            "pass the path of a score file written by save_scores or a scoring callback",
+        )
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    f = os.fdopen(fd, "rb")
     with f:
         size = os.fstat(f.fileno()).st_size
         prefix = f.read(_PREFIX_SIZE)

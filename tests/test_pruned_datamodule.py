@@ -229,7 +229,9 @@ def test_everything_else_passes_through():
     assert dm.calls == ["prepare_data", "setup:fit"]
     assert pdm.val_dataloader().dataset is dm.val_set
     assert pdm.test_dataloader().dataset is dm.test_set
-    assert pdm.hparams == dm.hparams and pdm.hparams_initial == dm.hparams_initial
+    assert pdm.hparams == dm.hparams
+    # what Lightning logs: the wrapped module's hyperparameters plus the pruning settings (issue 9 item 9)
+    assert pdm.hparams_initial == {**dm.hparams_initial, "datadiet_pruning": pdm.pruning_settings()}
     assert pdm.num_classes == NUM_CLASSES  # any other attribute is the wrapped module's
     assert pdm.train_set is dm.train_set
     # Lightning sees exactly the hooks the wrapped module overrides

@@ -1,6 +1,6 @@
 """``PrunedDataModule``: train any LightningDataModule on the subset its scores select.
 
-Swap ``dm`` for ``PrunedDataModule(dm, "el2n.pt", keep_fraction=0.5)``: the training loader yields exactly the kept
+Swap ``dm`` for ``PrunedDataModule(dm, "el2n_epoch020_seed0.scores", keep_fraction=0.5)``: the training loader yields exactly the kept
 examples, rebuilt with the wrapped loader's settings; everything else (validation/test/predict loaders, ``setup``,
 ``prepare_data``, hyperparameters, batch-transfer hooks, any other attribute) is the wrapped module's.
 """
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import torch
 from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import (
@@ -31,7 +32,7 @@ from torch.utils.data import (
 
 from lightning_datadiet import selection as sel
 from lightning_datadiet.data.loaders import loader_settings
-from lightning_datadiet.data.targets import dataset_targets
+from lightning_datadiet.data.targets import _fast_targets, dataset_targets
 
 if TYPE_CHECKING:
     from lightning_datadiet.store import ScoreFile
@@ -52,7 +53,9 @@ _PASS_THROUGH_HOOKS = (
     "on_exception",
 )
 
-ScoreSource = Union[str, os.PathLike, list[str], Tensor, None]
+# ``list[str]`` before ``str``: jsonargparse tries the Union's types in order, and a YAML list would otherwise be
+# turned into one string (LightningCLI with a list of score files to average).
+ScoreSource = Union[list[str], str, os.PathLike, Tensor, None]
 
 
 def subset_dataloader(loader: DataLoader, indices: Sequence[int] | Tensor) -> DataLoader:
@@ -126,7 +129,8 @@ class PrunedDataModule(LightningDataModule):
         class_balanced: per-class quotas proportional to class frequency (labels read with ``dataset_targets``).
         seed: seed of ``"random"`` and ``"coverage"``.
         beta: ``"coverage"`` only: the hardest fraction dropped before stratified sampling.
-        num_strata: ``"coverage"`` only: number of equal-width score strata.
+        num_strata: ``"coverage"`` only: number of equal-width score strata (``None``: CCS's 50; an explicit
+            value may not exceed the training set's size).
         allow_infinite: accept ``+/-inf`` scores (forgetting gives ``+inf`` to never-learned examples, which then
             rank highest). NaN is always refused.
         check_fingerprint: when the score file records a label fingerprint, refuse a training set whose labels
@@ -148,7 +152,7 @@ class PrunedDataModule(LightningDataModule):
 
     Example::
 
-        dm = PrunedDataModule(CIFAR10DataModule(batch_size=128), "scores/el2n_epoch20.pt", keep_fraction=0.5)
+        dm = PrunedDataModule(CIFAR10DataModule(batch_size=128), "scores/el2n_epoch020_seed0.scores", keep_fraction=0.5)
         trainer.fit(model, datamodule=dm)  # trains on the 25,000 highest-EL2N examples
     """
 
@@ -163,7 +167,7 @@ class PrunedDataModule(LightningDataModule):
         class_balanced: bool = False,
         seed: int = 0,
         beta: float = 0.0,
-        num_strata: int = 50,
+        num_strata: int | None = None,
         allow_infinite: bool = True,
         check_fingerprint: bool = True,
         tie_break: str = "index",
@@ -172,8 +176,12 @@ class PrunedDataModule(LightningDataModule):
             raise TypeError(f"`datamodule` must be a LightningDataModule, got {type(datamodule).__name__}.")
         self.datamodule = datamodule
         super().__init__()
+        keep_fraction = sel._scalar(keep_fraction)
         if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, (int, float)):
             raise TypeError(f"`keep_fraction` must be a number in (0, 1], got {keep_fraction!r}.")
+        offset = sel._scalar(offset)
+        beta = sel._scalar(beta)
+        num_strata = sel._scalar(num_strata)
         sel.keep_count(1, keep_fraction)  # raises on a value outside (0, 1]
         if selection not in sel.SELECTION_RULES:
             raise ValueError(
@@ -188,8 +196,8 @@ class PrunedDataModule(LightningDataModule):
             )
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"`beta` must lie in [0, 1), got {beta!r}.")
-        if num_strata < 1:
-            raise ValueError(f"`num_strata` must be a positive int, got {num_strata!r}.")
+        if num_strata is not None and (isinstance(num_strata, bool) or not isinstance(num_strata, int) or num_strata < 1):
+            raise ValueError(f"`num_strata` must be a positive int or None (CCS's 50), got {num_strata!r}.")
         if beta and selection != "coverage":
             raise ValueError(f"`beta` only applies to selection='coverage' (got selection={selection!r}).")
         self.keep_fraction = float(keep_fraction)
@@ -198,7 +206,7 @@ class PrunedDataModule(LightningDataModule):
         self.class_balanced = bool(class_balanced)
         self.seed = int(seed)
         self.beta = float(beta)
-        self.num_strata = int(num_strata)
+        self.num_strata = None if num_strata is None else int(num_strata)
         self.allow_infinite = bool(allow_infinite)
         self.check_fingerprint = bool(check_fingerprint)
         if tie_break not in ("index", "random"):
@@ -243,12 +251,31 @@ class PrunedDataModule(LightningDataModule):
 
     @property
     def hparams(self) -> Any:  # type: ignore[override]
-        """The wrapped module's hyperparameters, unchanged (the pruning settings are in :meth:`state_dict`)."""
+        """The wrapped module's hyperparameters, unchanged (the pruning settings are in :attr:`hparams_initial`,
+        which Lightning logs, and in :meth:`state_dict`)."""
         return self.datamodule.hparams
 
     @property
     def hparams_initial(self) -> Any:  # type: ignore[override]
-        return self.datamodule.hparams_initial
+        """What Lightning logs as the datamodule's hyperparameters: the wrapped module's, plus ``datadiet_pruning``,
+        a dict of this module's settings (rule, keep fraction, scores, seed, ...)."""
+        hparams = AttributeDict(copy.deepcopy(dict(self.datamodule.hparams_initial)))
+        hparams["datadiet_pruning"] = self.pruning_settings()
+        return hparams
+
+    def pruning_settings(self) -> dict[str, Any]:
+        """The settings that decide the subset, as plain values (logged with the hyperparameters)."""
+        return {
+            "scores": self.score_source,
+            "keep_fraction": self.keep_fraction,
+            "selection": self.selection,
+            "offset": self.offset,
+            "class_balanced": self.class_balanced,
+            "seed": self.seed,
+            "beta": self.beta,
+            "num_strata": self.num_strata,
+            "tie_break": self.tie_break,
+        }
 
     # ----------------------------------------------------------------------------------------------- scores
 
@@ -353,7 +380,29 @@ class PrunedDataModule(LightningDataModule):
         else:
             kept = self._compute(dataset)
         self._kept, self._num_samples = kept, n
+        self._report(dataset, kept)
         return kept
+
+    def _report(self, dataset: Dataset, kept: Tensor) -> None:
+        """Say what was kept: the rule, the count and fraction, and (when labels are cheap to read) per class."""
+        n = len(dataset)  # type: ignore[arg-type]
+        rule = self.selection + (f" (offset {self.offset})" if self.offset is not None else "")
+        if self.class_balanced:
+            rule += ", class-balanced"
+        lines = [
+            f"PrunedDataModule: kept {kept.numel()} of {n} training examples ({kept.numel() / max(n, 1):.1%}; "
+            f"keep_fraction={self.keep_fraction}) by rule {rule}, scores {self.score_source}."
+        ]
+        labels = _fast_targets(dataset)
+        if labels is not None and labels.numel() == n and n:
+            classes, full = torch.unique(labels, return_counts=True)
+            kept_counts = torch.bincount(torch.searchsorted(classes, labels[kept]), minlength=classes.numel())
+            shown = ", ".join(
+                f"{c}: {k}/{f}" for c, k, f in zip(classes.tolist()[:20], kept_counts.tolist()[:20], full.tolist()[:20])
+            )
+            more = f", ... ({classes.numel() - 20} more classes)" if classes.numel() > 20 else ""
+            lines.append(f"  kept per class (class: kept/all): {shown}{more}")
+        rank_zero_info("\n".join(lines))
 
     def _training_dataset(self) -> Dataset:
         try:
