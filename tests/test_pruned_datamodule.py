@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -490,3 +491,52 @@ def test_tie_break_option_reaches_the_selection():
     assert PrunedDataModule(DM(), scores, 0.1).kept_indices.tolist() == list(range(90, 100))
     with pytest.raises(ValueError, match="tie_break"):
         PrunedDataModule(DM(), scores, 0.1, tie_break="x")
+
+
+def test_lightning_cli_yaml_with_a_list_of_score_files_averages_them(tmp_path):
+    """Issue 9 item 4: jsonargparse used to turn the YAML list into one string ('no such score file')."""
+    labels = torch.arange(N) % NUM_CLASSES
+    a = save_scores(tmp_path / "el2n_seed0.scores", scores_vector(), method="el2n", labels=labels)
+    b = save_scores(tmp_path / "el2n_seed1.scores", scores_vector().flip(0), method="el2n", labels=labels)
+    config = {
+        "trainer": {"max_epochs": 1, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False},
+        "model": {"class_path": f"{__name__}.RecordingModel"},
+        "data": {
+            "class_path": "lightning_datadiet.PrunedDataModule",
+            "init_args": {
+                "datamodule": {"class_path": f"{__name__}.TinyDataModule"},
+                "scores": [str(a), str(b)],
+                "keep_fraction": 0.5,
+            },
+        },
+    }
+    (tmp_path / "config.yaml").write_text(json.dumps(config))
+    cli = LightningCLI(run=False, args=["--config", str(tmp_path / "config.yaml")], save_config_callback=None,
+                       subclass_mode_data=True)
+    pdm = cli.datamodule
+    assert isinstance(pdm, PrunedDataModule) and pdm.score_source.startswith("mean of 2 files")
+    pdm.setup("fit")
+    mean = (scores_vector() + scores_vector().flip(0)) / 2
+    assert pdm.kept_indices.tolist() == selection.highest(mean, 20).tolist()
+
+
+def test_setup_logs_what_was_kept_and_the_settings_reach_the_logger(tmp_path, caplog):
+    """Issue 9 item 9: the rule, keep count, fraction and class histogram are logged; the settings are hparams."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    dm = TinyDataModule()
+    pdm = PrunedDataModule(dm, scores_vector(), 0.5, "highest")
+    logger = CSVLogger(tmp_path)
+    trainer = Trainer(max_epochs=1, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        trainer.fit(RecordingModel(), datamodule=pdm)
+    text = caplog.text
+    assert "kept 20 of 40 training examples (50.0%" in text and "rule highest" in text
+    kept_labels = torch.bincount(dm.train_set.tensors[1][pdm.kept_indices], minlength=NUM_CLASSES).tolist()
+    all_labels = torch.bincount(dm.train_set.tensors[1], minlength=NUM_CLASSES).tolist()
+    assert "kept per class (class: kept/all): " + ", ".join(
+        f"{c}: {k}/{f}" for c, (k, f) in enumerate(zip(kept_labels, all_labels))
+    ) in text
+    hparams = (Path(logger.log_dir) / "hparams.yaml").read_text()
+    assert "datadiet_pruning" in hparams and "keep_fraction: 0.5" in hparams and "selection: highest" in hparams
