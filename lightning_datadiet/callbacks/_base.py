@@ -108,6 +108,13 @@ def gather_by_index(trainer: pl.Trainer, values: Tensor, indices: Tensor, num_sa
     return out
 
 
+def epoch_completed(trainer: pl.Trainer) -> bool:
+    """Whether the current training epoch ran all its batches (``False`` when ``max_steps``, a time limit or
+    ``should_stop`` ended it early; such an epoch is not labelled as completed)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return bool(progress.is_last_batch) or progress.current.ready >= trainer.num_training_batches
+
+
 class ScoreCallback(Callback):
     """Base of the score callbacks. Subclasses set ``method`` and compute scores."""
 
@@ -128,10 +135,12 @@ class ScoreCallback(Callback):
     ) -> None:
         self.epochs = _parse_epochs(epochs, allow_none=allow_no_epochs)
         self.dirpath = Path(dirpath) if dirpath is not None else None
+        self._dirpath_given = dirpath is not None
         self.logits_module = logits_module
         self.input_key = input_key
         self.target_key = target_key
         self.seed = _checked_seed(seed)
+        self._seed_given = self.seed is not None
         self.save = save
         self.log_histogram = log_histogram
         self.scores_by_epoch: dict[int, Tensor] = {}
@@ -155,10 +164,26 @@ class ScoreCallback(Callback):
         return self._generate_state_key(method=self.method, epochs=self.epochs)
 
     # ------------------------------------------------------------------ shared machinery
+    def reset(self) -> None:
+        """Forget the results of an earlier fit. Called at the start of every ``fit``: a callback object reused
+        for a second fit (new model, new Trainer) starts fresh, and a resumed fit (``ckpt_path=``) gets its state
+        back from the checkpoint afterwards (Lightning restores callback state after ``setup``). The default
+        ``dirpath`` and ``seed`` are derived again for the new fit unless they were given explicitly."""
+        self.scores_by_epoch = {}
+        self.score_paths = {}
+        self.label_fingerprint = None
+        self.num_samples = None
+        self._restored = False
+        if not self._dirpath_given:
+            self.dirpath = None
+        if not self._seed_given:
+            self.seed = None
+
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self.reset()
         if self.dirpath is None:
             root = trainer.log_dir or trainer.default_root_dir  # collective under DDP: called on every rank
             self.dirpath = Path(root) / "datadiet"

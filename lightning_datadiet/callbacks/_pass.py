@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import random as _pyrandom
 from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils._pytree import tree_leaves
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from typing_extensions import override
 
-from lightning_datadiet.callbacks._base import ScoreCallback, gather_by_index, resolve_module
+from lightning_datadiet.callbacks._base import ScoreCallback, epoch_completed, gather_by_index, resolve_module
 from lightning_datadiet.data.targets import batch_inputs_targets
 from lightning_datadiet.scores._checks import check_targets
 from lightning_datadiet.scores.grand import eval_mode
@@ -53,10 +57,45 @@ def random_transforms(dataset: Any, _depth: int = 0) -> list[str]:
     return found
 
 
+def _same_item(a: Any, b: Any) -> bool:
+    """Whether two reads of one dataset item are equal (tensors, arrays, PIL images, numbers, nested containers)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, np.ndarray):
+        return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_item(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_item(x, y) for x, y in zip(a, b))
+    if hasattr(a, "tobytes") and hasattr(a, "size") and hasattr(a, "mode"):  # PIL image
+        return a.size == b.size and a.mode == b.mode and a.tobytes() == b.tobytes()
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - an object without a usable ==: cannot tell, assume equal
+        return True
+
+
+def reads_differ(dataset: Any, num_items: int = 4) -> list[int]:
+    """Indices among a few items of ``dataset`` (spread over it) whose two consecutive reads differ: the mark of
+    random augmentation, whatever its class names or the item's layout. All random number generators (torch,
+    NumPy's global one, Python's ``random``) are restored afterwards, so training draws the same numbers."""
+    n = len(dataset)
+    if n == 0:
+        return []
+    picks = sorted({int(i) for i in torch.linspace(0, n - 1, min(num_items, n)).round().long().tolist()})
+    py_state, np_state = _pyrandom.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return [i for i in picks if not _same_item(dataset[i], dataset[i])]
+    finally:
+        _pyrandom.setstate(py_state)
+        np.random.set_state(np_state)
+
+
 def _batch_size(inputs: Any, targets: Tensor) -> int:
     """Rows of the batch: the first input tensor's leading size (the targets' own length if none is found)."""
-    from torch.utils._pytree import tree_leaves
-
     for leaf in tree_leaves(inputs):
         if isinstance(leaf, Tensor) and leaf.ndim >= 1:
             return int(leaf.shape[0])
@@ -125,6 +164,7 @@ class PassScoreCallback(ScoreCallback):
         self.num_workers = num_workers
         self._warned_augmentation = False
         self._warned_randomness = False
+        self._partial_epoch: int | None = None
 
     def score_batch(self, module: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -132,7 +172,7 @@ class PassScoreCallback(ScoreCallback):
     # ------------------------------------------------------------------ scheduling
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._check_restored_size(len(self._train_dataset(trainer)))
+        self._check_restored_size(len(self._map_style(self._train_dataset(trainer), "training")))
         if 0 in self.epochs and 0 not in self.scores_by_epoch and trainer.current_epoch == 0:
             self.score_now(trainer, pl_module, epoch=0)
 
@@ -146,7 +186,10 @@ class PassScoreCallback(ScoreCallback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._end_of_epoch(trainer, pl_module)
+        if epoch_completed(trainer):
+            self._end_of_epoch(trainer, pl_module)
+        elif trainer.current_epoch + 1 in self.epochs and trainer.current_epoch + 1 not in self.scores_by_epoch:
+            self._partial_epoch = trainer.current_epoch + 1
 
     def _end_of_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         completed = trainer.current_epoch + 1
@@ -157,10 +200,19 @@ class PassScoreCallback(ScoreCallback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         missed = [e for e in self.epochs if e not in self.scores_by_epoch]
         if missed:
+            partial = getattr(self, "_partial_epoch", None)
+            why = ""
+            if partial is not None:
+                why = (
+                    f" Epoch {partial} was cut short (max_steps={trainer.max_steps}, a time limit or a stop request "
+                    f"ended it after {trainer.fit_loop.epoch_loop.batch_progress.current.ready} of "
+                    f"{trainer.num_training_batches} batches), so it is not scored as completed."
+                )
             rank_zero_warn(
-                f"{type(self).__name__}: the fit ended after {trainer.current_epoch} epoch(s), so scoring epoch(s) "
-                f"{missed} never ran. Train longer or lower `epochs`."
+                f"{type(self).__name__}: the fit ended after {trainer.current_epoch} completed epoch(s), so scoring "
+                f"epoch(s) {missed} never ran.{why} Train longer (raise max_epochs / max_steps) or lower `epochs`."
             )
+        self._partial_epoch = None
 
     # ------------------------------------------------------------------ the pass
     def scoring_dataset(self, trainer: pl.Trainer) -> Dataset:
@@ -173,15 +225,26 @@ class PassScoreCallback(ScoreCallback):
             hook = getattr(dm, "score_dataset", None) if dm is not None else None
             if callable(hook):
                 dataset = hook()
+        source = "the training dataset"
         if dataset is None:
             dataset = train_dataset
-            found = random_transforms(dataset)
-            if found and not self._warned_augmentation:
+        elif self.dataset is not None:
+            source = "the `dataset=` given"
+        else:
+            source = "the DataModule's score_dataset()"
+        self._map_style(dataset, "scoring")
+        if not self._warned_augmentation:
+            differ = reads_differ(dataset)
+            if differ:
                 self._warned_augmentation = True
+                found = sorted(set(random_transforms(dataset)))
+                named = f" (random transforms found: {', '.join(found)})" if found else ""
                 rank_zero_warn(
-                    f"{type(self).__name__}: the training dataset applies random augmentation ({', '.join(sorted(set(found)))}), "
-                    "so the scores are computed on augmented inputs, unlike the paper. Pass the un-augmented "
-                    "training set as `dataset=` or define `score_dataset()` on your DataModule."
+                    f"{type(self).__name__}: {source} returns different inputs when the same item is read twice "
+                    f"(items {differ}){named}: it applies random augmentation, so the scores would be computed on "
+                    "augmented inputs, unlike the paper, and two scorings of the same weights would differ. Pass the "
+                    "un-augmented training set as `dataset=` or define `score_dataset()` on your DataModule to return "
+                    "it (same items, same order, deterministic transforms)."
                 )
         if len(dataset) != len(train_dataset):  # type: ignore[arg-type]
             raise ValueError(
@@ -189,6 +252,31 @@ class PassScoreCallback(ScoreCallback):
                 f"{len(train_dataset)}. It must be the same items in the same order (only transforms may differ)."  # type: ignore[arg-type]
             )
         return dataset
+
+    def _map_style(self, dataset: Any, what: str) -> Any:
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            raise TypeError(
+                f"{type(self).__name__} needs a map-style {what} dataset (with __len__ and __getitem__) so that score "
+                f"i belongs to item i; got {type(dataset).__name__}, an iterable-style dataset. Fix: train from a "
+                "map-style dataset (e.g. a torch.utils.data.Dataset or TensorDataset), or pass the map-style "
+                "training set, in its index order, as `dataset=`."
+            )
+        return dataset
+
+    def _progress(self, trainer: pl.Trainer, total: int, epoch: int) -> Any:
+        """A progress bar for the pass (rank zero, when the Trainer shows a tqdm progress bar), else ``None``."""
+        bar = trainer.progress_bar_callback
+        if not trainer.is_global_zero or not isinstance(bar, TQDMProgressBar) or not bar.is_enabled:
+            return None
+        return Tqdm(
+            total=total,
+            desc=f"{type(self).__name__} (epoch {epoch})",
+            leave=False,
+            dynamic_ncols=True,
+            position=2 * bar.process_position + 1,
+            unit="batch",
+            bar_format=bar.BAR_FORMAT,
+        )
 
     def score_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, epoch: int) -> Tensor:
         """Score the whole training set with the current weights and record it as ``epoch``. Collective."""
@@ -215,6 +303,7 @@ class PassScoreCallback(ScoreCallback):
         # The pass draws from no generator that training uses: building the DataLoader iterator consumes the global
         # RNG, so it is forked (restored afterwards) and a fit with scoring callbacks trains exactly like one without.
         rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        progress = self._progress(trainer, len(loader), epoch)
         with eval_mode(pl_module), torch.random.fork_rng(devices=rng_devices):
             for batch_idx, batch in enumerate(loader):
                 batch = trainer.strategy.batch_to_device(batch, device)
@@ -238,6 +327,10 @@ class PassScoreCallback(ScoreCallback):
                 values[pos : pos + n] = out.to(torch.float32)
                 labels[pos : pos + n] = targets.long()
                 pos += n
+                if progress is not None:
+                    progress.update(1)
+        if progress is not None:
+            progress.close()  # before the "scored ..." line, so it does not land inside the bar
         if pos != shard.numel():
             raise RuntimeError(f"The scoring pass saw {pos} examples but expected {shard.numel()}.")
         scores = gather_by_index(trainer, values, shard, num_samples, float("nan"))
