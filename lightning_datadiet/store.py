@@ -1,19 +1,15 @@
 """Score files: one float32 score per training example plus metadata, written atomically, read without unpickling.
 
-File layout (all integers little-endian)::
+A score file is a `safetensors` file: one float32 tensor ``"scores"`` of shape ``[N]`` and string metadata
+(``__metadata__``: format, dtype, num_samples, payload_sha256, method, epoch, seed, label_fingerprint, version,
+created, extra as JSON), so any safetensors tool opens it (``safetensors.safe_open(path, "pt")``). Files written by
+lightning-datadiet 0.1.0 (its own ``b"DATADIET"`` layout) still load. The byte layouts live in
+``lightning_datadiet._scorefile_format``.
 
-    b"DATADIET"            8 bytes   magic
-    format version         1 byte    currently 1
-    header length          8 bytes   unsigned, length of the JSON header in bytes
-    header                 UTF-8 JSON object (format, dtype, num_samples, payload_sha256, method, epoch, seed,
-                                             label_fingerprint, version, created, extra)
-    payload                4 * num_samples bytes of little-endian float32 scores
-
-Loading never calls ``pickle``/``torch.load``: the header is parsed as JSON and the payload is read as raw floats,
-so a score file cannot run code. A file that is truncated, has trailing bytes, fails its payload checksum, or is
-not a score file at all is refused with a :class:`ScoreFileError` that names the file, the problem and the fix.
-The label fingerprint (a hash of the training labels in index order) keeps scores of one dataset from being
-applied to, or averaged with, scores of another.
+Loading never calls ``pickle``/``torch.load``: a score file cannot run code. A file that is truncated, has trailing
+bytes, fails its payload checksum, is not a regular file, or is not a score file at all is refused with a
+:class:`ScoreFileError` that names the file, the problem and the fix. The label fingerprint (a hash of the training
+labels in index order) keeps scores of one dataset from being applied to, or averaged with, scores of another.
 """
 
 from __future__ import annotations
@@ -22,8 +18,6 @@ import hashlib
 import json
 import operator
 import os
-import re
-import secrets
 import stat
 import struct
 import warnings
@@ -36,6 +30,11 @@ from typing import Any, Union
 import numpy as np
 import torch
 from torch import Tensor
+
+from lightning_datadiet import _scorefile_format as fmt
+from lightning_datadiet._scorefile_format import ScoreFileError, ScoreFileNotFoundError
+from lightning_datadiet._utils import atomic_write_bytes
+from lightning_datadiet._version import __version__
 
 __all__ = [
     "SCORE_FILE_SUFFIX",
@@ -50,65 +49,19 @@ __all__ = [
 ]
 
 SCORE_FILE_SUFFIX = ".scores"
-
-_MAGIC = b"DATADIET"
-_FORMAT_VERSION = 1
 _LENGTH = struct.Struct("<Q")
-_PREFIX_SIZE = len(_MAGIC) + 1 + _LENGTH.size  # magic + version byte + header length = 17
 _MAX_HEADER_BYTES = 64 * 1024 * 1024
-_FORMAT_NAME = "lightning-datadiet-scores"
-_DTYPE_NAME = "float32"
-_PAYLOAD_DTYPE = np.dtype("<f4")
-_REQUIRED_KEYS = (
-    "format",
-    "dtype",
-    "num_samples",
-    "payload_sha256",
-    "method",
-    "epoch",
-    "seed",
-    "label_fingerprint",
-    "version",
-    "created",
-    "extra",
-)
-_RESAVE_FIX = (
-    "if you trust the file, load the scores yourself and write them with "
-    "lightning_datadiet.store.save_scores(path, scores, method=...)"
-)
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class ScoreFileError(ValueError):
-    """A score file (or a set of score files) was refused.
-
-    The message names the file, what is wrong with it and how to fix it. It is a ``ValueError`` so callers that
-    validate inputs generically still catch it.
-
-    Example:
-        >>> try:
-        ...     load_scores("missing.scores")
-        ... except ScoreFileError as err:
-        ...     print("refused")
-        refused
-    """
-
-
-class ScoreFileNotFoundError(ScoreFileError, FileNotFoundError):
-    """The score file does not exist (both a :class:`ScoreFileError` and a ``FileNotFoundError``)."""
-
-
-def _refuse(path: Any, problem: str, fix: str, cls: type[ScoreFileError] = ScoreFileError) -> ScoreFileError:
-    where = f"{os.fspath(path)}: " if path is not None else ""
-    return cls(f"{where}{problem}. Fix: {fix}.")
+_refuse = fmt.refuse
+_sha256 = fmt.sha256
+_PAYLOAD_DTYPE = fmt.PAYLOAD_DTYPE
+_METHOD_NAME = fmt.METHOD_NAME
+_METHOD_RULE = fmt.METHOD_RULE
 
 
 def _package_version() -> str:
-    # Imported lazily: the package's __init__ may import this module before it defines __version__.
-    from lightning_datadiet import __version__
-
-    return str(__version__)
+    return __version__
 
 
 # --------------------------------------------------------------------------------------------- fingerprints
@@ -313,10 +266,6 @@ def _optional_int(value: Any, name: str) -> int | None:
         raise ValueError(f"`{name}` must be an int or None, got {type(value).__name__}.") from None
 
 
-_METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*")
-_METHOD_RULE = "letters, digits, '_', '+' and '-', starting with a letter or digit"
-
-
 def _checked_method(method: Any) -> str:
     if not isinstance(method, str) or not _METHOD_NAME.fullmatch(method):
         raise ValueError(
@@ -357,8 +306,8 @@ def _make_header(
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     return {
-        "format": _FORMAT_NAME,
-        "dtype": _DTYPE_NAME,
+        "format": fmt.FORMAT_NAME,
+        "dtype": fmt.DTYPE_NAME,
         "num_samples": int(scores.numel()),
         "payload_sha256": payload_sha256,
         "method": method,
@@ -378,20 +327,6 @@ def _payload(scores: Tensor) -> np.ndarray:
 
 def _sha256(array: np.ndarray) -> str:
     return hashlib.sha256(memoryview(array).cast("B")).hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable where the OS allows opening directories (POSIX); best effort elsewhere."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_scores(
@@ -478,93 +413,51 @@ def save_scores(
 
     payload = _payload(tensor)
     header = _make_header(tensor, _sha256(payload), method, epoch, seed, fingerprint, extra_dict)
-    header_bytes = json.dumps(header, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
-        "utf-8"
-    )
-    if len(header_bytes) >= _MAX_HEADER_BYTES:
-        raise ValueError(f"The header would be {len(header_bytes)} bytes; keep `extra` well under 64 MiB.")
-
-    directory = target.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{target.name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, 0o666)  # the umask applies, as for any new file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC)
-            f.write(bytes([_FORMAT_VERSION]))
-            f.write(_LENGTH.pack(len(header_bytes)))
-            f.write(header_bytes)
-            f.write(memoryview(payload).cast("B"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    data = fmt.encode(torch.from_numpy(payload), header)
+    if len(data) - 4 * tensor.numel() >= _MAX_HEADER_BYTES:
+        raise ValueError(f"The metadata would be {len(data) - 4 * tensor.numel()} bytes; keep `extra` well under 64 MiB.")
+    atomic_write_bytes(target, data)
     return target
 
 
 # -------------------------------------------------------------------------------------------------- loading
 
 
-def _read_header(path: Path, raw: bytes) -> dict[str, Any]:
-    fix = "the header is corrupted or was edited; recompute the scores or restore the file from a good copy"
+def _read_regular_file(p: Path) -> bytes:
+    """The bytes of ``p``; anything but a regular file (a named pipe, socket, device, directory) is refused before a
+    single byte is read, and opening never blocks."""
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise _refuse(path, "the JSON header is nested too deeply to be a score-file header", fix) from None
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, integers longer than Python's digit limit
-        raise _refuse(path, f"the JSON header cannot be parsed ({err})", fix) from None
-    if not isinstance(header, dict):
-        raise _refuse(path, f"the header is a JSON {type(header).__name__}, not an object", fix)
-    missing = [k for k in _REQUIRED_KEYS if k not in header]
-    if missing:
-        raise _refuse(path, f"the header lacks {', '.join(missing)}", fix)
-    if header["format"] != _FORMAT_NAME:
+        # O_NONBLOCK: opening a named pipe must not wait for a writer; anything but a regular file is refused below.
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
         raise _refuse(
-            path,
-            f"the header says format {header['format']!r}, not {_FORMAT_NAME!r}",
-            "pass a file written by lightning_datadiet.store.save_scores",
-        )
-    if header["dtype"] != _DTYPE_NAME:
+            p,
+            "no such score file",
+            "check the path; score files are written by the scoring callbacks or save_scores",
+            ScoreFileNotFoundError,
+        ) from None
+    except IsADirectoryError:
         raise _refuse(
-            path,
-            f"the payload dtype is {header['dtype']!r}; this version reads only {_DTYPE_NAME!r}",
-            "upgrade lightning-datadiet, or re-save the scores as float32 with save_scores",
-        )
-
-    def is_int(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    problems = []
-    if not is_int(header["num_samples"]) or header["num_samples"] < 0:
-        problems.append(f"num_samples={header['num_samples']!r} is not a non-negative integer")
-    sha = header["payload_sha256"]
-    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
-        problems.append(f"payload_sha256={sha!r} is not a hex SHA-256")
-    if not isinstance(header["method"], str) or not _METHOD_NAME.fullmatch(header["method"]):
-        problems.append(f"method={header['method']!r} is not a plain method name ({_METHOD_RULE})")
-    for key in ("epoch", "seed"):
-        if header[key] is not None and not is_int(header[key]):
-            problems.append(f"{key}={header[key]!r} is not an integer or null")
-    if is_int(header["epoch"]) and header["epoch"] < 0:
-        problems.append(f"epoch={header['epoch']!r} is negative")
-    for key in ("label_fingerprint",):
-        if header[key] is not None and not isinstance(header[key], str):
-            problems.append(f"{key}={header[key]!r} is not a string or null")
-    for key in ("version", "created"):
-        if not isinstance(header[key], str):
-            problems.append(f"{key}={header[key]!r} is not a string")
-    if not isinstance(header["extra"], dict):
-        problems.append(f"extra={header['extra']!r} is not an object")
-    if problems:
-        raise _refuse(path, "invalid header: " + "; ".join(problems), fix)
-    return header
+            p, "is a directory, not a score file", f"pass one of the *{SCORE_FILE_SUFFIX} files inside it"
+        ) from None
+    except OSError as err:
+        raise _refuse(p, f"cannot be opened ({err.strerror or err})", "check the path and its permissions") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise _refuse(p, "is a directory, not a score file", f"pass one of the *{SCORE_FILE_SUFFIX} files inside it")
+        if not stat.S_ISREG(mode):
+            raise _refuse(
+                p,
+                "is not a regular file (a named pipe, socket or device); score files are read only from regular files",
+                "pass the path of a score file written by save_scores or a scoring callback",
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def load_scores(path: PathLike) -> ScoreFile:
@@ -588,126 +481,18 @@ def load_scores(path: PathLike) -> ScoreFile:
     """
     p = Path(os.fspath(path)).expanduser()
     recompute = "recompute the scores (or copy the file again from a good source)"
-    try:
-        # O_NONBLOCK: opening a named pipe must not wait for a writer; anything but a regular file is refused below.
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
-        raise _refuse(
-            p,
-            "no such score file",
-            "check the path; score files are written by the scoring callbacks or save_scores",
-            ScoreFileNotFoundError,
-        ) from None
-    except IsADirectoryError:
-        raise _refuse(
-            p, "is a directory, not a score file", f"pass one of the *{SCORE_FILE_SUFFIX} files inside it"
-        ) from None
-    except OSError as err:
-        raise _refuse(p, f"cannot be opened ({err.strerror or err})", "check the path and its permissions") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        if stat.S_ISDIR(mode):
-            raise _refuse(p, "is a directory, not a score file", f"pass one of the *{SCORE_FILE_SUFFIX} files inside it")
-        raise _refuse(
-            p,
-            "is not a regular file (a named pipe, socket or device); score files are read only from regular files",
-            "pass the path of a score file written by save_scores or a scoring callback",
-        )
-    if hasattr(os, "set_blocking"):
-        os.set_blocking(fd, True)
-    f = os.fdopen(fd, "rb")
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        prefix = f.read(_PREFIX_SIZE)
-
-        if prefix.startswith(b"\x80"):
-            raise _refuse(
-                p,
-                "is a pickle file (e.g. from pickle.dump or an old-style torch.save); it is refused because "
-                "unpickling can run arbitrary code",
-                _RESAVE_FIX,
-            )
-        if prefix.startswith(b"PK"):
-            raise _refuse(
-                p,
-                "is a zip archive, probably written by torch.save; it is refused because loading it means "
-                "unpickling, which can run arbitrary code",
-                _RESAVE_FIX,
-            )
-        if prefix.startswith(b"\x93NUMPY"):
-            raise _refuse(p, "is a NumPy .npy file, not a lightning-datadiet score file", _RESAVE_FIX)
-        if not prefix.startswith(_MAGIC):
-            if prefix and _MAGIC.startswith(prefix):
-                raise _refuse(p, f"is truncated: only {size} bytes", recompute)
-            raise _refuse(
-                p,
-                f"not a lightning-datadiet score file (it does not start with {_MAGIC!r})",
-                "pass a file written by lightning_datadiet.store.save_scores or a scoring callback",
-            )
-        if len(prefix) < _PREFIX_SIZE:
-            raise _refuse(
-                p,
-                f"is truncated: only {size} bytes, the fixed-size prefix alone is {_PREFIX_SIZE}",
-                recompute,
-            )
-        version = prefix[len(_MAGIC)]
-        if version != _FORMAT_VERSION:
-            raise _refuse(
-                p,
-                f"has score-file format version {version}, but lightning-datadiet {_package_version()} reads only "
-                f"version {_FORMAT_VERSION}",
-                "upgrade lightning-datadiet (a newer version wrote it) or recompute the scores with this version",
-            )
-        (header_len,) = _LENGTH.unpack_from(prefix, len(_MAGIC) + 1)
-        if header_len == 0 or header_len >= _MAX_HEADER_BYTES:
-            raise _refuse(
-                p,
-                f"the header length field says {header_len} bytes, which is implausible (the file is corrupted "
-                "or was modified)",
-                recompute,
-            )
-        if _PREFIX_SIZE + header_len > size:
-            raise _refuse(
-                p,
-                f"is truncated: the header should be {header_len} bytes but the file ends after "
-                f"{size - _PREFIX_SIZE}",
-                recompute,
-            )
-        header = _read_header(p, f.read(header_len))
-
-        n = header["num_samples"]
-        expected = _PAYLOAD_DTYPE.itemsize * n
-        actual = size - _PREFIX_SIZE - header_len
-        if actual < expected:
-            raise _refuse(
-                p,
-                f"is truncated: the header announces {n} float32 scores ({expected} bytes) but only {actual} payload "
-                "bytes follow (an interrupted write or copy?)",
-                recompute,
-            )
-        if actual > expected:
-            raise _refuse(
-                p,
-                f"has {actual - expected} trailing bytes after the {n} float32 scores the header announces (the "
-                "file was corrupted or modified)",
-                recompute,
-            )
-        buffer = bytearray(expected)
-        if f.readinto(buffer) != expected:
-            raise _refuse(
-                p, "changed size while being read", "make sure nothing is writing the file, and retry"
-            )
-
-    if hashlib.sha256(buffer).hexdigest() != header["payload_sha256"]:
+    raw = _read_regular_file(p)
+    header, array = fmt.parse(p, raw, _package_version())
+    n = header["num_samples"]
+    if hashlib.sha256(memoryview(np.ascontiguousarray(array, dtype=_PAYLOAD_DTYPE)).cast("B")).hexdigest() != header[
+        "payload_sha256"
+    ]:
         raise _refuse(
             p,
             "checksum mismatch: the scores were corrupted or modified after they were written",
             recompute,
         )
-    array = np.frombuffer(buffer, dtype=_PAYLOAD_DTYPE)
-    if array.dtype != np.float32:  # big-endian host
-        array = array.astype(np.float32)
+    array = np.array(array, dtype=np.float32)  # a writable copy, native byte order
     nan = int(np.count_nonzero(np.isnan(array)))
     if nan:
         raise _refuse(p, f"holds {nan} NaN score(s), which cannot be ranked", recompute)

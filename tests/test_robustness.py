@@ -545,7 +545,8 @@ def test_S1_truncated_files_are_refused(tmp_path):
 
 
 def test_S2_corrupted_files_are_refused(tmp_path):
-    raw = bytearray(_good_file(tmp_path).read_bytes())
+    """On the 0.1.0 layout (the committed fixture); the safetensors layout: tests/test_store.py."""
+    raw = bytearray((Path(__file__).parent / "fixtures" / "forgetting_epoch002_seed7_v0.1.0.scores").read_bytes())
     payload_byte = bytearray(raw)
     payload_byte[-3] ^= 0x40
     (tmp_path / "payload.scores").write_bytes(payload_byte)
@@ -559,6 +560,10 @@ def test_S2_corrupted_files_are_refused(tmp_path):
     (tmp_path / "trailing.scores").write_bytes(bytes(raw) + b"\0\0\0\0")
     with pytest.raises(ScoreFileError, match=r"4 trailing bytes"):
         load_scores(tmp_path / "trailing.scores")
+    new = _good_file(tmp_path)
+    (tmp_path / "trailing_new.scores").write_bytes(new.read_bytes() + b"\0\0\0\0")
+    with pytest.raises(ScoreFileError, match=r"4 trailing bytes"):
+        load_scores(tmp_path / "trailing_new.scores")
     length = bytearray(raw)
     length[9:17] = struct.pack("<Q", 2**40)
     (tmp_path / "length.scores").write_bytes(length)
@@ -599,9 +604,9 @@ def test_S4_foreign_files_are_refused(tmp_path):
     (tmp_path / "json.scores").write_text(json.dumps({"scores": [0.1, 0.2]}))
     cases = {
         "a.npy": r"NumPy \.npy file",
-        "text.scores": r"does not start with b'DATADIET'",
-        "empty.scores": r"does not start with|truncated",
-        "json.scores": r"does not start with b'DATADIET'",
+        "text.scores": r"truncated \(or not a score file\)",
+        "empty.scores": r"not a lightning-datadiet score file",
+        "json.scores": r"not a lightning-datadiet score file",
         "missing.scores": r"no such score file",
         ".": r"is a directory",
     }

@@ -27,7 +27,7 @@ from lightning_datadiet.store import (
 )
 
 N = 50
-PREFIX = 17  # magic (8) + format version (1) + header length (8)
+FIXTURE_V010 = Path(__file__).parent / "fixtures" / "forgetting_epoch002_seed7_v0.1.0.scores"  # written by 0.1.0
 
 
 def labels_of(n: int = N, shift: int = 0) -> torch.Tensor:
@@ -38,11 +38,16 @@ def some_scores(seed: int = 0, n: int = N) -> torch.Tensor:
     return torch.rand(n, generator=torch.Generator().manual_seed(seed))
 
 
-def split(path: Path) -> tuple[bytes, dict, bytes]:
-    """(prefix, header, payload) of a score file."""
+def split(path: Path) -> tuple[dict, bytes]:
+    """(safetensors header table, payload) of a score file."""
     raw = path.read_bytes()
-    (header_len,) = struct.unpack("<Q", raw[9:PREFIX])
-    return raw[:PREFIX], json.loads(raw[PREFIX : PREFIX + header_len]), raw[PREFIX + header_len :]
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + header_len]), raw[8 + header_len :]
+
+
+def join(table: dict, payload: bytes) -> bytes:
+    head = json.dumps(table).encode()
+    return struct.pack("<Q", len(head)) + head + payload
 
 
 # --------------------------------------------------------------------------------------------------- format
@@ -81,16 +86,62 @@ def test_round_trip_is_bit_exact_with_metadata(tmp_path):
 def test_layout_matches_the_documented_format(tmp_path):
     scores = torch.tensor([1.5, float("inf"), -2.0])
     path = save_scores(tmp_path / "x.scores", scores, method="grand", label_fingerprint="sha256:abc")
-    prefix, header, payload = split(path)
-    assert prefix[:8] == b"DATADIET" and prefix[8] == 1
+    table, payload = split(path)
+    assert set(table) == {"__metadata__", "scores"}
+    assert table["scores"] == {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]}
     assert payload == np.array([1.5, np.inf, -2.0], dtype="<f4").tobytes()
-    assert header["payload_sha256"] == hashlib.sha256(payload).hexdigest()
-    assert set(header) == {
+    meta = table["__metadata__"]
+    assert meta["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+    assert set(meta) == {
         "format", "dtype", "num_samples", "payload_sha256", "method", "epoch", "seed",
         "label_fingerprint", "version", "created", "extra",
     }  # fmt: skip
-    assert (header["num_samples"], header["epoch"], header["seed"], header["extra"]) == (3, None, None, {})
-    assert header["label_fingerprint"] == "sha256:abc"
+    assert (meta["num_samples"], meta["epoch"], meta["seed"], meta["extra"]) == ("3", "", "", "{}")
+    assert meta["label_fingerprint"] == "sha256:abc" and meta["method"] == "grand"
+
+
+def test_any_safetensors_tool_opens_a_score_file(tmp_path):
+    from safetensors import safe_open
+
+    scores = torch.tensor([0.25, float("inf"), 3.0])
+    path = save_scores(tmp_path / "el2n.scores", scores, method="el2n", epoch=20, seed=1, labels=[0, 1, 0])
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["method"] == "el2n" and f.metadata()["epoch"] == "20"
+        assert f.metadata()["label_fingerprint"] == label_fingerprint([0, 1, 0])
+        assert list(f.keys()) == ["scores"] and torch.equal(f.get_tensor("scores"), scores)
+
+
+def test_a_0_1_0_score_file_still_loads():
+    """The committed fixture was written by lightning-datadiet 0.1.0's own b"DATADIET" layout."""
+    assert FIXTURE_V010.read_bytes().startswith(b"DATADIET\x01")
+    sf = load_scores(FIXTURE_V010)
+    assert sf.scores.tolist() == [0.5, 1.25, float("inf"), 0.0, 3.0, 2.0]
+    assert (sf.method, sf.epoch, sf.seed, sf.num_samples, sf.version) == ("forgetting", 2, 7, 6, "0.1.0")
+    assert sf.label_fingerprint == label_fingerprint([0, 1, 2, 0, 1, 2]) and sf.extra == {"global_step": 12}
+
+
+def test_0_1_0_files_average_with_new_ones_and_keep_their_checks(tmp_path):
+    new = save_scores(tmp_path / "new.scores", torch.ones(6), method="forgetting", epoch=2, labels=[0, 1, 2, 0, 1, 2])
+    avg = average_scores([FIXTURE_V010, new])
+    assert avg.scores.tolist() == [0.75, 1.125, float("inf"), 0.5, 2.0, 1.5]
+    other = save_scores(tmp_path / "other.scores", torch.ones(6), method="forgetting", epoch=2, labels=[1] * 6)
+    with pytest.raises(ScoreFileError, match="label fingerprint"):
+        average_scores([FIXTURE_V010, other])
+    raw = bytearray(FIXTURE_V010.read_bytes())
+    raw[-3] ^= 0x01
+    (tmp_path / "tampered.scores").write_bytes(bytes(raw))
+    with pytest.raises(ScoreFileError, match="checksum mismatch"):
+        load_scores(tmp_path / "tampered.scores")
+
+
+def test_a_foreign_safetensors_file_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(3)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ScoreFileError, match="safetensors file but not a lightning-datadiet score file"):
+        load_scores(tmp_path / "model.safetensors")
+    path = save_scores(tmp_path / "ok.safetensors", torch.rand(4), method="el2n")  # the suffix is the user's choice
+    assert path.name == "ok.safetensors" and load_scores(path).num_samples == 4
 
 
 def test_explicit_suffix_is_kept_and_inputs_are_converted(tmp_path):
@@ -186,7 +237,7 @@ def test_missing_file_and_directory(tmp_path):
 def test_truncated_files_are_refused(tmp_path):
     path = save_scores(tmp_path / "t.scores", some_scores(), method="el2n")
     raw = path.read_bytes()
-    for keep in (3, 8, PREFIX + 10, len(raw) // 2):  # inside the magic, the prefix, the header, the payload
+    for keep in (3, 9, 8 + 10, len(raw) // 2):  # inside the length field, the header, the payload
         path.write_bytes(raw[:keep])
         with pytest.raises(ScoreFileError, match="truncated"):
             load_scores(path)
@@ -213,32 +264,76 @@ def test_flipped_payload_byte_fails_the_checksum(tmp_path):
 
 def test_edited_headers_are_refused(tmp_path):
     path = save_scores(tmp_path / "t.scores", some_scores(), method="el2n", epoch=5)
-    raw = path.read_bytes()
-    edited = raw.replace(b'"num_samples":50', b'"num_samples":49')
-    assert edited != raw
-    path.write_bytes(edited)
-    with pytest.raises(ScoreFileError, match="4 trailing bytes"):
+    table, payload = split(path)
+
+    def edited(**changes) -> None:
+        t = json.loads(json.dumps(table))
+        for key, value in changes.items():
+            if value is None:
+                del t["__metadata__"][key]
+            else:
+                t["__metadata__"][key] = value
+        path.write_bytes(join(t, payload))
+
+    edited(num_samples="49")
+    with pytest.raises(ScoreFileError, match="not F32 of shape \\[49\\]"):
         load_scores(path)
-    path.write_bytes(raw.replace(b'"num_samples":50', b'"num_samples":51'))
-    with pytest.raises(ScoreFileError, match="truncated"):
+    edited(epoch="five")
+    with pytest.raises(ScoreFileError, match="invalid header: epoch='five'"):
         load_scores(path)
-    prefix, header, payload = split(path)
-    header["epoch"] = "5"
-    head = json.dumps(header).encode()
-    path.write_bytes(prefix[:9] + struct.pack("<Q", len(head)) + head + payload)
-    with pytest.raises(ScoreFileError, match="invalid header: epoch='5'"):
+    edited(method="../../x")
+    with pytest.raises(ScoreFileError, match="not a plain method name"):
         load_scores(path)
-    path.write_bytes(raw.replace(b'"format":', b'"formaT":'))  # same length
-    with pytest.raises(ScoreFileError, match="lacks format"):
+    edited(extra="[" * 100_000)
+    with pytest.raises(ScoreFileError, match="nested too deeply|cannot be parsed"):
+        load_scores(path)
+    edited(seed=None)
+    with pytest.raises(ScoreFileError, match="lacks seed"):
+        load_scores(path)
+    edited(format="other")
+    with pytest.raises(ScoreFileError, match="not a lightning-datadiet score file"):
+        load_scores(path)
+    t = json.loads(json.dumps(table))
+    t["extra_tensor"] = {"dtype": "F32", "shape": [0], "data_offsets": [4 * N, 4 * N]}
+    path.write_bytes(join(t, payload))
+    with pytest.raises(ScoreFileError, match="exactly one tensor"):
+        load_scores(path)
+    raw = join(table, payload)
+    path.write_bytes(struct.pack("<Q", 2**40) + raw[8:])
+    with pytest.raises(ScoreFileError, match="not a lightning-datadiet score file"):
         load_scores(path)
     path.write_bytes(raw.replace(b"{", b"[", 1))
-    with pytest.raises(ScoreFileError, match="cannot be parsed"):
+    with pytest.raises(ScoreFileError, match="not a lightning-datadiet score file"):
         load_scores(path)
-    path.write_bytes(raw[:9] + struct.pack("<Q", 2**40) + raw[PREFIX:])
-    with pytest.raises(ScoreFileError, match="implausible"):
+
+
+def test_edited_0_1_0_headers_are_still_refused(tmp_path):
+    raw = FIXTURE_V010.read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[9:17])
+    header, payload = json.loads(raw[17 : 17 + header_len]), raw[17 + header_len :]
+    path = tmp_path / "old.scores"
+
+    def write(h: dict, tail: bytes = payload, version: int = 1) -> None:
+        head = json.dumps(h).encode()
+        path.write_bytes(b"DATADIET" + bytes([version]) + struct.pack("<Q", len(head)) + head + tail)
+
+    write({**header, "num_samples": 5})
+    with pytest.raises(ScoreFileError, match="4 trailing bytes"):
         load_scores(path)
-    path.write_bytes(raw[:8] + b"\x02" + raw[9:])
+    write({**header, "num_samples": 7})
+    with pytest.raises(ScoreFileError, match="truncated"):
+        load_scores(path)
+    write({**header, "epoch": "5"})
+    with pytest.raises(ScoreFileError, match="invalid header: epoch='5'"):
+        load_scores(path)
+    write({k: v for k, v in header.items() if k != "format"})
+    with pytest.raises(ScoreFileError, match="lacks format"):
+        load_scores(path)
+    write(header, version=2)
     with pytest.raises(ScoreFileError, match="format version 2.*upgrade"):
+        load_scores(path)
+    path.write_bytes(raw[:9] + struct.pack("<Q", 2**40) + raw[17:])
+    with pytest.raises(ScoreFileError, match="implausible"):
         load_scores(path)
 
 
@@ -250,12 +345,11 @@ def test_nan_is_refused_on_save_and_on_load(tmp_path):
     assert list(tmp_path.iterdir()) == []
     # A hand-made file with a valid checksum but NaN inside is still refused.
     path = save_scores(tmp_path / "n.scores", some_scores(), method="el2n")
-    prefix, header, payload = split(path)
+    table, payload = split(path)
     bad = bytearray(payload)
     bad[0:4] = np.array([np.nan], dtype="<f4").tobytes()
-    header["payload_sha256"] = hashlib.sha256(bad).hexdigest()
-    head = json.dumps(header).encode()
-    path.write_bytes(prefix[:9] + struct.pack("<Q", len(head)) + head + bytes(bad))
+    table["__metadata__"]["payload_sha256"] = hashlib.sha256(bad).hexdigest()
+    path.write_bytes(join(table, bytes(bad)))
     with pytest.raises(ScoreFileError, match="1 NaN"):
         load_scores(path)
 

@@ -1,0 +1,49 @@
+"""Small helpers with one copy each in the package."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["atomic_write_bytes", "fsync_dir"]
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable where the OS allows opening directories (POSIX); best effort elsewhere."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(target: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``target`` atomically: a hidden temporary file in the same directory (``O_CREAT|O_EXCL``,
+    so it never follows a link), flushed, ``fsync``-ed and renamed over ``target`` with ``os.replace``. If anything
+    fails the temporary file is removed and a previous file at ``target`` is left untouched; a process killed
+    mid-write leaves the old file and a stray ``.<name>.<hex>.tmp``. The parent directory is created."""
+    target = Path(target)
+    directory = target.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{target.name}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, 0o666)  # the umask applies, as for any new file
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(directory)
