@@ -41,6 +41,7 @@ __all__ = [
     "highest",
     "lowest",
     "random",
+    "random_subset",
     "window",
     "coverage",
     "select",
@@ -428,7 +429,7 @@ def window(
     return _ranked_selection(scores, k, start, "window", labels, class_balanced)
 
 
-def random(
+def random_subset(
     scores_or_n: Tensor | int,
     k: Count,
     *,
@@ -443,7 +444,7 @@ def random(
     random members.
 
     Example:
-        >>> random(10, 3, seed=0).tolist() == random(10, 3, seed=0).tolist()
+        >>> random_subset(10, 3, seed=0).tolist() == random_subset(10, 3, seed=0).tolist()
         True
     """
     n = scores_or_n if isinstance(scores_or_n, int) and not isinstance(scores_or_n, bool) else None
@@ -459,6 +460,8 @@ def random(
     quotas = _dense_quotas(labels, k, classes.numel())
     return _as_sorted(_take_per_group(perm, labels[perm], torch.zeros_like(quotas), quotas), n)
 
+
+random = random_subset  # the 0.1.0 name (it shadowed the stdlib module inside `from selection import *`)
 
 DEFAULT_NUM_STRATA = 50  # CCS's default
 
@@ -654,7 +657,7 @@ def select(
     if rule == "window":
         return window(scores, keep_fraction_or_k, offset, **common)  # type: ignore[arg-type]
     if rule == "random":
-        return random(scores, keep_fraction_or_k, seed=seed, **common)
+        return random_subset(scores, keep_fraction_or_k, seed=seed, **common)
     return coverage(scores, keep_fraction_or_k, seed=seed, **common, **rule_kwargs)
 
 

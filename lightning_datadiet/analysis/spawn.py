@@ -157,7 +157,7 @@ def barrier_subsets(scores: Tensor, size: int | float, *, seed: int = 0) -> dict
     return {
         "lowest": selection.lowest(scores, size),
         "highest": selection.highest(scores, size),
-        "random": selection.random(scores, size, seed=seed),
+        "random": selection.random_subset(scores, size, seed=seed),
     }
 
 

@@ -338,7 +338,7 @@ class PrunedDataModule(LightningDataModule):
         k = sel.keep_count(n, self.keep_fraction)
         scores = self._scores if self._scores is not None else n
         if self.selection == "random":
-            return sel.random(scores, k, seed=self.seed, labels=labels, class_balanced=self.class_balanced)
+            return sel.random_subset(scores, k, seed=self.seed, labels=labels, class_balanced=self.class_balanced)
         kwargs = {"beta": self.beta, "num_strata": self.num_strata} if self.selection == "coverage" else {}
         return sel.select(
             scores,  # type: ignore[arg-type]
