@@ -52,7 +52,7 @@ _STAGES: dict[str, tuple[Callable[[PipelineConfig], Any], str, str]] = {
         run_report,
         "stage 3: tables, plots and the summary",
         "Stage 3: rebuild results.csv / results.json from the finished runs, choose the rule on validation data, "
-        "measure how well the top scores catch corrupted labels, plot accuracy vs fraction pruned and the score "
+        "measure how well the top scores catch corrupted labels, plot accuracy vs fraction kept and the score "
         "histograms, add TensorBoard histograms and print the final table.",
     ),
     "demo": (
@@ -88,9 +88,10 @@ def build_parser() -> ArgumentParser:
     analyze = ArgumentParser(
         prog="datadiet analyze",
         description=(
-            "Score stability: pairwise Spearman rank correlations between score files (early vs late epochs, single "
-            "runs vs their mean, method vs method), written as a Markdown table, a CSV and a heatmap PNG, and "
-            "printed. The other analyses (NTK velocity, error barriers with BarrierSpawnCallback, sliding-window "
+            "Score stability: pairwise Spearman rank correlations between score files of one training set (early vs "
+            "late epochs, single runs vs their mean, method vs method), written as a Markdown table, a CSV and a "
+            "heatmap PNG, and printed. The files must have the same number of examples and label fingerprint; "
+            "methods and epochs may differ. The other analyses (NTK velocity, error barriers with BarrierSpawnCallback, sliding-window "
             "sweeps, label-noise detection) are library calls in lightning_datadiet.analysis: see docs/analysis.md."
         ),
     )

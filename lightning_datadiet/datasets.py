@@ -34,6 +34,7 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "load_cifar10_arrays",
+    "data_fingerprint",
     "random_crop_flip",
 ]
 

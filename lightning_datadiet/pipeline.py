@@ -9,11 +9,11 @@ The stages are plain functions over one :class:`PipelineConfig`:
 - :func:`run_retraining`: for each setting, keep fraction, selection rule and seed, a fresh model trained on
   :class:`~lightning_datadiet.PrunedDataModule` (plus the full-data and random-subset baselines), tested on the
   test split. Each finished run is written atomically as ``results/runs/<key>.json``, ``key`` a hash of everything
-  that determines the run (data, label noise, model and recipe, scores, rule, keep fraction, seed), so rerunning
-  skips finished runs and an interruption loses at most the run in progress.
+  that determines the run (a content fingerprint of the data, label noise, model and recipe, scores, rule, keep
+  fraction, seed), so rerunning skips finished runs and an interruption loses at most the run in progress.
 - :func:`run_report`: rebuilds the results table from those files (CSV + JSON), picks the selection rule on
   validation data, measures how well the top scores catch corrupted labels, plots accuracy against the fraction
-  pruned and the score histograms, adds TensorBoard histograms and prints a plain-text summary.
+  kept and the score histograms, adds TensorBoard histograms and prints a plain-text summary.
 
 :func:`run_demo` runs the three stages; the defaults of :class:`PipelineConfig` are the demo (digits, no
 download, a few minutes on 2 CPU cores).
@@ -103,7 +103,8 @@ class PipelineConfig:
         dataset: ``digits`` (scikit-learn's bundled handwritten digits, 1000 train / 300 val / 497 test, no
             download) or ``cifar10`` (needs ``data_dir``).
         data_dir: CIFAR-10 location: ``cifar10-jpeg.zip``, a folder extracted from it, or torchvision's CIFAR10
-            root (holding ``cifar-10-batches-py``). Ignored for digits.
+            root (holding ``cifar-10-batches-py``); any ``train/<class>/`` + ``test/<class>/`` image folder works.
+            Refused for digits (bundled with scikit-learn, reads no files).
         batch_size: Mini-batch size (default: 64 for digits, 128 for cifar10).
         num_workers: DataLoader workers (default: 0 for digits, 4 for cifar10).
         val_size: Validation examples held out from the training data (class-stratified, seeded by
@@ -244,6 +245,7 @@ class PipelineConfig:
             PipelineError: with a message naming the option and the fix; nothing has been trained yet.
         """
         problems: list[str] = []
+        _CONTENT_KEYS.clear()  # the data is fingerprinted again for this stage
 
         def need(ok: bool, message: str) -> None:
             if not ok:
@@ -476,15 +478,22 @@ def settings(cfg: PipelineConfig) -> list[Setting]:
     return out
 
 
+_CONTENT_KEYS: dict[tuple[str, str | None], dict[str, Any]] = {}  # per stage; cleared by validate()
+
+
 def _content_key(cfg: PipelineConfig) -> dict[str, Any]:
     """What the data *is*: a content fingerprint of every training and test image and label, the class names and
-    the split sizes (:func:`lightning_datadiet.datasets.data_fingerprint`), never where it is stored."""
+    the split sizes (:func:`lightning_datadiet.datasets.data_fingerprint`), never where it is stored. Looked up
+    once per stage (every :meth:`PipelineConfig.validate` looks again, so changed files are noticed)."""
     from lightning_datadiet.datasets import data_fingerprint
 
-    try:
-        return data_fingerprint(cfg.dataset, cfg.data_dir)
-    except (FileNotFoundError, OSError, ValueError) as err:
-        raise PipelineError(f"Cannot read the data of --dataset {cfg.dataset}: {err}") from err
+    memo = (cfg.dataset, cfg.data_dir)
+    if memo not in _CONTENT_KEYS:
+        try:
+            _CONTENT_KEYS[memo] = data_fingerprint(cfg.dataset, cfg.data_dir)
+        except (FileNotFoundError, OSError, ValueError) as err:
+            raise PipelineError(f"Cannot read the data of --dataset {cfg.dataset}: {err}") from err
+    return _CONTENT_KEYS[memo]
 
 
 def _data_key(cfg: PipelineConfig, setting: Setting) -> dict[str, Any]:
@@ -1305,7 +1314,7 @@ def run_report(cfg: PipelineConfig) -> dict[str, Any]:
         _write_csv(out / "noise_detection.csv", noise, list(noise[0]))
         written["noise_detection"] = out / "noise_detection.json"
     if rows:
-        written["plot"] = plot_accuracy(cfg, rows, out / "accuracy_vs_pruned.png")
+        written["plot"] = plot_accuracy(cfg, rows, out / "accuracy_vs_kept.png")
     hist = plot_histograms(cfg, masks, out / "score_histograms.png")
     if hist is not None:
         written["histograms"] = hist

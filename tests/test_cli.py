@@ -114,7 +114,7 @@ def test_demo_outputs_exist_and_are_consistent(demo_dir):
             assert sf.num_samples == 1000 and sf.extra["runs"] == 2
 
     # plots are valid PNGs
-    _png_ok(out / "accuracy_vs_pruned.png")
+    _png_ok(out / "accuracy_vs_kept.png")
     _png_ok(out / "score_histograms.png")
 
     # noisy-label precision for the noisy setting only
