@@ -155,7 +155,7 @@ def test_demo_prints_one_line_per_finished_fit(demo_dir):
     assert all("scored after" in ln and "eta " in ln for ln in score)
     assert "\r" not in stdout and "it/s" not in stdout + demo_output["stderr"]  # no progress bars
     assert len(demo_output["stderr"]) < 2000, demo_output["stderr"][:2000]
-    assert len(stdout) < 12000  # ~130 fits of the full demo: about 30 kB instead of 1.6 MB
+    assert len(stdout) < 12000  # the full demo (130 fits) prints 23 kB
     assert len(lines) < len(score) + len(train) + 60  # the rest is the summary table
 
 
