@@ -97,7 +97,10 @@ def build_parser() -> ArgumentParser:
     )
     analyze.add_argument("--scores", type=list[str], required=True, help="Score files to compare, e.g. [a.scores,b.scores].")
     analyze.add_argument("--output_dir", type=str, default="runs/analysis", help="Folder for stability.md/.csv/.png.")
-    analyze.add_argument("--mean", type=bool, default=True, help="Add the mean of all files as one more column.")
+    analyze.add_argument(
+        "--mean", type=bool, default=True,
+        help="Add the mean of all files as one more column (only when all files hold the same method).",
+    )  # fmt: skip
     subcommands.add_subcommand("analyze", analyze, help="score stability report over score files (Spearman)")
     return parser
 
@@ -149,7 +152,10 @@ def run_analyze(score_paths: Sequence[str], output_dir: str, add_mean: bool = Tr
     named: dict[str, Any] = {}
     for name, f in zip(_column_names(score_paths), files):
         named[name] = f.scores
-    if add_mean:
+    methods = sorted({f.method for f in files})
+    if add_mean and len(methods) > 1:  # scores of different methods live on different scales
+        print(f"analyze: no mean column: the files hold different methods ({', '.join(methods)}).")
+    elif add_mean:
         import torch
 
         named["mean"] = torch.stack([f.scores.double() for f in files]).mean(0)

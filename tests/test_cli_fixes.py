@@ -261,8 +261,10 @@ def test_analyze_compares_methods_and_epochs_of_one_dataset(tmp_path, capsys):
     out = tmp_path / "an"
     assert main(["analyze", "--scores", f"[{a},{b},{c}]", "--output_dir", str(out)]) == 0
     text = (out / "stability.md").read_text()
-    for name in ("x/el2n", "y/el2n", "forgetting", "mean"):  # same file names in two folders stay apart
+    for name in ("x/el2n", "y/el2n", "forgetting"):  # same file names in two folders stay apart
         assert name in text
+    assert "mean" not in text  # no mean over scores of different methods (different scales)
+    assert "no mean column: the files hold different methods (el2n, forgetting)" in capsys.readouterr().out
     other = save_scores(tmp_path / "o.scores", torch.rand(50), method="grand", labels=torch.arange(50) % 4)
     assert main(["analyze", "--scores", f"[{a},{other}]", "--output_dir", str(out)]) == 2
     assert "label fingerprint" in capsys.readouterr().err
