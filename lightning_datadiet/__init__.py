@@ -8,18 +8,55 @@ every training example (:class:`EL2NCallback`, :class:`GraNdCallback`, :class:`F
 
 __version__ = "0.1.0"
 
-from lightning_datadiet import selection  # noqa: E402
-from lightning_datadiet.callbacks import EL2NCallback, ForgettingCallback, GraNdCallback  # noqa: E402
-from lightning_datadiet.data.pruned import PrunedDataModule  # noqa: E402
-from lightning_datadiet.scores import el2n, grand  # noqa: E402
-from lightning_datadiet.store import (  # noqa: E402
-    ScoreFile,
-    ScoreFileError,
-    average_scores,
-    label_fingerprint,
-    load_scores,
-    save_scores,
-)
+from typing import TYPE_CHECKING, Any
+
+# The public names are imported on first use (PEP 562), so that `datadiet --help` and other light entry points
+# do not import torch and Lightning (seconds). `from lightning_datadiet import EL2NCallback` works as before.
+_LAZY = {
+    "selection": "lightning_datadiet.selection",
+    "EL2NCallback": "lightning_datadiet.callbacks",
+    "ForgettingCallback": "lightning_datadiet.callbacks",
+    "GraNdCallback": "lightning_datadiet.callbacks",
+    "PrunedDataModule": "lightning_datadiet.data.pruned",
+    "el2n": "lightning_datadiet.scores",
+    "grand": "lightning_datadiet.scores",
+    "ScoreFile": "lightning_datadiet.store",
+    "ScoreFileError": "lightning_datadiet.store",
+    "average_scores": "lightning_datadiet.store",
+    "label_fingerprint": "lightning_datadiet.store",
+    "load_scores": "lightning_datadiet.store",
+    "save_scores": "lightning_datadiet.store",
+}
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from lightning_datadiet import selection
+    from lightning_datadiet.callbacks import EL2NCallback, ForgettingCallback, GraNdCallback
+    from lightning_datadiet.data.pruned import PrunedDataModule
+    from lightning_datadiet.scores import el2n, grand
+    from lightning_datadiet.store import (
+        ScoreFile,
+        ScoreFileError,
+        average_scores,
+        label_fingerprint,
+        load_scores,
+        save_scores,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lightning_datadiet' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    value = module if name == "selection" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__",

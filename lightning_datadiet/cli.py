@@ -52,7 +52,7 @@ _STAGES: dict[str, tuple[Callable[[PipelineConfig], Any], str, str]] = {
         run_report,
         "stage 3: tables, plots and the summary",
         "Stage 3: rebuild results.csv / results.json from the finished runs, choose the rule on validation data, "
-        "measure how well the top scores catch corrupted labels, plot accuracy vs fraction pruned and the score "
+        "measure how well the top scores catch corrupted labels, plot accuracy vs fraction kept and the score "
         "histograms, add TensorBoard histograms and print the final table.",
     ),
     "demo": (
@@ -88,35 +88,74 @@ def build_parser() -> ArgumentParser:
     analyze = ArgumentParser(
         prog="datadiet analyze",
         description=(
-            "Score stability: pairwise Spearman rank correlations between score files (early vs late epochs, single "
-            "runs vs their mean, method vs method), written as a Markdown table, a CSV and a heatmap PNG, and "
-            "printed. The other analyses (NTK velocity, error barriers with BarrierSpawnCallback, sliding-window "
+            "Score stability: pairwise Spearman rank correlations between score files of one training set (early vs "
+            "late epochs, single runs vs their mean, method vs method), written as a Markdown table, a CSV and a "
+            "heatmap PNG, and printed. The files must have the same number of examples and label fingerprint; "
+            "methods and epochs may differ. The other analyses (NTK velocity, error barriers with BarrierSpawnCallback, sliding-window "
             "sweeps, label-noise detection) are library calls in lightning_datadiet.analysis: see docs/analysis.md."
         ),
     )
     analyze.add_argument("--scores", type=list[str], required=True, help="Score files to compare, e.g. [a.scores,b.scores].")
     analyze.add_argument("--output_dir", type=str, default="runs/analysis", help="Folder for stability.md/.csv/.png.")
-    analyze.add_argument("--mean", type=bool, default=True, help="Add the mean of all files as one more column.")
+    analyze.add_argument(
+        "--mean", type=bool, default=True,
+        help="Add the mean of all files as one more column (only when all files hold the same method).",
+    )  # fmt: skip
     subcommands.add_subcommand("analyze", analyze, help="score stability report over score files (Spearman)")
     return parser
 
 
+def _check_same_dataset(paths: Sequence[str], files: Sequence[Any]) -> None:
+    """Score files compared by ``analyze`` must describe one training set: the same number of examples and, where
+    both are known, the same label fingerprint. Method and epoch may differ (that is what is compared)."""
+    problems = []
+    n0 = files[0].num_samples
+    fp = next((f.label_fingerprint for f in files if f.label_fingerprint is not None), None)
+    for path, f in zip(paths, files):
+        if f.num_samples != n0:
+            problems.append(f"  {path}: {f.num_samples} examples, {paths[0]}: {n0}")
+        if fp is not None and f.label_fingerprint is not None and f.label_fingerprint != fp:
+            problems.append(f"  {path}: label fingerprint {f.label_fingerprint} differs from {fp}")
+    if problems:
+        raise PipelineError(
+            "Score files are not of one dataset (a different length or label fingerprint means another training "
+            "set, split or label order):\n" + "\n".join(problems) + "\nFix: compare score files of the same "
+            "training set (any methods and epochs)."
+        )
+
+
+def _column_names(paths: Sequence[str]) -> list[str]:
+    """File names without ``.scores``; files of the same name get their folder prepended (then their position)."""
+    base = [Path(p).name.removesuffix(".scores") for p in paths]
+    names = [f"{Path(p).parent.name}/{b}" if base.count(b) > 1 else b for p, b in zip(paths, base)]
+    return [f"{n}#{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
 def run_analyze(score_paths: Sequence[str], output_dir: str, add_mean: bool = True) -> Path:
-    """Stability report over ``score_paths``; returns the Markdown file. Raises ``PipelineError`` on bad files."""
-    from lightning_datadiet.analysis import plot_heatmap, stability_report
-    from lightning_datadiet.store import ScoreFileError, check_compatible, load_scores
+    """Stability report over ``score_paths``: files of one training set, any methods and epochs; returns the
+    Markdown file. Raises ``PipelineError`` on bad or incompatible files or a bad ``output_dir``."""
+    from lightning_datadiet.pipeline import _output_dir_problems
+    from lightning_datadiet.store import ScoreFileError, load_scores
 
     if len(score_paths) < 2:
         raise PipelineError("analyze needs at least two score files (--scores [a.scores,b.scores]).")
+    problems = _output_dir_problems(output_dir)
+    if problems:
+        raise PipelineError(problems[0])
     try:
         files = [load_scores(p) for p in score_paths]
-        check_compatible(files)  # same dataset (length, label fingerprint)
-    except (ScoreFileError, FileNotFoundError) as err:
+    except (ScoreFileError, OSError) as err:
         raise PipelineError(str(err)) from err
+    _check_same_dataset(score_paths, files)
+    from lightning_datadiet.analysis import plot_heatmap, stability_report
+
     named: dict[str, Any] = {}
-    for path, f in zip(score_paths, files):
-        named[Path(path).name.removesuffix(".scores")] = f.scores
-    if add_mean:
+    for name, f in zip(_column_names(score_paths), files):
+        named[name] = f.scores
+    methods = sorted({f.method for f in files})
+    if add_mean and len(methods) > 1:  # scores of different methods live on different scales
+        print(f"analyze: no mean column: the files hold different methods ({', '.join(methods)}).")
+    elif add_mean:
         import torch
 
         named["mean"] = torch.stack([f.scores.double() for f in files]).mean(0)
@@ -163,7 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"datadiet {ns.stage}: error: {err}", file=sys.stderr)
         return 2
     out = Path(resolved.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"datadiet {ns.stage}: error: --output_dir {resolved.output_dir!r}: {err}", file=sys.stderr)
+        return 2
     sub_parser = parser._subcommands_action._name_parser_map[ns.stage]
     with warnings.catch_warnings():  # skip_none is deprecated in jsonargparse >= 4.49 but needed for >= 4.27
         warnings.simplefilter("ignore")

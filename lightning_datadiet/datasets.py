@@ -34,6 +34,7 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "load_cifar10_arrays",
+    "data_fingerprint",
     "random_crop_flip",
 ]
 
@@ -265,6 +266,71 @@ def _detect_layout(data_dir: Path) -> tuple[str, Path]:
     )
 
 
+def _source_signature(kind: str, path: Path) -> str:
+    """What identifies a data source's current content cheaply: for a zip its path, size and modification time;
+    for a folder (or torchvision's batches) every file's relative path, size and modification time, so replacing
+    images in place is noticed."""
+    if kind == "zip":
+        stat = path.stat()
+        return f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
+    root = path / "cifar-10-batches-py" if kind == "torchvision" else path
+    digest = hashlib.sha256(str(root.resolve()).encode())
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"\0{file.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return f"{path.resolve()}|listing:{digest.hexdigest()}"
+
+
+_FINGERPRINTS: dict[tuple[str, str], dict] = {}
+
+
+def data_fingerprint(
+    dataset: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None
+) -> dict:
+    """What the data of ``dataset`` *is*: a content fingerprint of all training and test images and labels, with
+    the class names and split sizes (the ``datadiet`` run keys include it, so other data never reuses results).
+
+    ``digits`` hashes scikit-learn's bundled arrays; ``cifar10`` (any ``train/<class>/`` + ``test/<class>/``
+    image folder, zip or torchvision root) hashes the whole decoded uint8 arrays of both splits (see
+    :func:`lightning_datadiet.data.fingerprint.array_fingerprint`). The result is memoised per source while its
+    files are unchanged (path, size and modification time of every file).
+
+    Returns:
+        ``{"content": "sha256:...", "classes": [...], "num_classes": K, "train_items": N, "test_items": M}``.
+    """
+    from lightning_datadiet.data.fingerprint import array_fingerprint
+
+    if dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        memo = ("digits", "")
+        if memo not in _FINGERPRINTS:
+            digits = load_digits()
+            _FINGERPRINTS[memo] = {
+                "content": array_fingerprint(digits.images, np.asarray(digits.target, dtype=np.int64)),
+                "classes": [str(c) for c in range(10)],
+                "num_classes": 10,
+                "train_items": None,
+                "test_items": None,
+            }
+        return _FINGERPRINTS[memo]
+    if data_dir is None:
+        raise ValueError(f"dataset {dataset!r} needs `data_dir`.")
+    kind, path = _detect_layout(Path(data_dir).expanduser())
+    memo = (dataset, _source_signature(kind, path))
+    if memo not in _FINGERPRINTS:
+        x, y, classes = load_cifar10_arrays(data_dir, "train", cache_dir)
+        tx, ty, _ = load_cifar10_arrays(data_dir, "test", cache_dir)
+        _FINGERPRINTS[memo] = {
+            "content": array_fingerprint(x, y, tx, ty, list(classes)),
+            "classes": list(classes),
+            "num_classes": len(classes),
+            "train_items": len(y),
+            "test_items": len(ty),
+        }
+    return _FINGERPRINTS[memo]
+
+
 def _decode(read: Callable[[], bytes]) -> np.ndarray:
     from PIL import Image
 
@@ -326,9 +392,7 @@ def load_cifar10_arrays(
         x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
         return x, torch.as_tensor(ds.targets, dtype=torch.long), list(ds.classes)
 
-    stat = path.stat()
-    key_src = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime) if kind == 'zip' else 0}|{split}"
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{_source_signature(kind, path)}|{split}".encode()).hexdigest()[:16]
     cache = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
     x_file, y_file, c_file = (
         cache / f"cifar10-{split}-{key}.{s}" for s in ("images.npy", "labels.npy", "classes.txt")

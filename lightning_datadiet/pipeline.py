@@ -9,11 +9,11 @@ The stages are plain functions over one :class:`PipelineConfig`:
 - :func:`run_retraining`: for each setting, keep fraction, selection rule and seed, a fresh model trained on
   :class:`~lightning_datadiet.PrunedDataModule` (plus the full-data and random-subset baselines), tested on the
   test split. Each finished run is written atomically as ``results/runs/<key>.json``, ``key`` a hash of everything
-  that determines the run (data, label noise, model and recipe, scores, rule, keep fraction, seed), so rerunning
-  skips finished runs and an interruption loses at most the run in progress.
+  that determines the run (a content fingerprint of the data, label noise, model and recipe, scores, rule, keep
+  fraction, seed), so rerunning skips finished runs and an interruption loses at most the run in progress.
 - :func:`run_report`: rebuilds the results table from those files (CSV + JSON), picks the selection rule on
   validation data, measures how well the top scores catch corrupted labels, plots accuracy against the fraction
-  pruned and the score histograms, adds TensorBoard histograms and prints a plain-text summary.
+  kept and the score histograms, adds TensorBoard histograms and prints a plain-text summary.
 
 :func:`run_demo` runs the three stages; the defaults of :class:`PipelineConfig` are the demo (digits, no
 download, a few minutes on 2 CPU cores).
@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from lightning.pytorch.callbacks import Callback
+
+# torch and lightning are imported inside the functions that train: `datadiet --help` and option errors must not
+# pay for them (they take seconds to import).
 
 __all__ = [
     "PipelineConfig",
@@ -102,7 +103,8 @@ class PipelineConfig:
         dataset: ``digits`` (scikit-learn's bundled handwritten digits, 1000 train / 300 val / 497 test, no
             download) or ``cifar10`` (needs ``data_dir``).
         data_dir: CIFAR-10 location: ``cifar10-jpeg.zip``, a folder extracted from it, or torchvision's CIFAR10
-            root (holding ``cifar-10-batches-py``). Ignored for digits.
+            root (holding ``cifar-10-batches-py``); any ``train/<class>/`` + ``test/<class>/`` image folder works.
+            Refused for digits (bundled with scikit-learn, reads no files).
         batch_size: Mini-batch size (default: 64 for digits, 128 for cifar10).
         num_workers: DataLoader workers (default: 0 for digits, 4 for cifar10).
         val_size: Validation examples held out from the training data (class-stratified, seeded by
@@ -155,7 +157,8 @@ class PipelineConfig:
         precision: Lightning precision, e.g. ``bf16-mixed`` on GPUs (default: Lightning's).
         num_threads: CPU threads of torch (default: 1 for digits on CPU, the fastest for a tiny model; torch's
             default otherwise).
-        progress_bar: Show Lightning progress bars.
+        progress_bar: Show Lightning's progress bars during every fit. Off by default: each finished fit prints
+            one line instead (running count, time, estimated time left).
         tensorboard: Write TensorBoard logs (score histograms, training curves) under ``output_dir/tensorboard``.
     """
 
@@ -202,7 +205,7 @@ class PipelineConfig:
     devices: int | list[int] = 1
     precision: str | None = None
     num_threads: int | None = None
-    progress_bar: bool = True
+    progress_bar: bool = False
     tensorboard: bool = True
 
     # ------------------------------------------------------------------------------------------------ resolve
@@ -225,9 +228,7 @@ class PipelineConfig:
             if r.dataset == "digits":
                 r.model = "digits_cnn"
             else:
-                gpu = r.accelerator in ("gpu", "cuda") or (
-                    r.accelerator == "auto" and torch.cuda.is_available()
-                )
+                gpu = r.accelerator in ("gpu", "cuda") or (r.accelerator == "auto" and _cuda_available())
                 r.model = "resnet18" if gpu else "small_cnn"
         if r.num_threads is None and r.dataset == "digits" and r.accelerator == "cpu":
             r.num_threads = 1
@@ -244,6 +245,7 @@ class PipelineConfig:
             PipelineError: with a message naming the option and the fix; nothing has been trained yet.
         """
         problems: list[str] = []
+        _CONTENT_KEYS.clear()  # the data is fingerprinted again for this stage
 
         def need(ok: bool, message: str) -> None:
             if not ok:
@@ -265,6 +267,12 @@ class PipelineConfig:
                 "--model resnet18 needs 32x32 images; use digits_cnn or mlp for digits.",
             )
             need(r.train_subset is None, "--train_subset applies to cifar10 only.")
+            need(
+                r.data_dir is None,
+                f"--data_dir applies to --dataset cifar10 (an image folder, zip or torchvision root); digits is "
+                f"bundled with scikit-learn and reads no files. Drop --data_dir {r.data_dir!r}, or pass "
+                "--dataset cifar10 to train on that data.",
+            )
             need(0 <= r.val_size <= 400, f"--val_size for digits must be in [0, 400], got {r.val_size}.")
         else:
             if not r.data_dir:
@@ -317,6 +325,7 @@ class PipelineConfig:
         need(r.num_runs >= 1, f"--num_runs must be at least 1, got {r.num_runs}.")
         need(len(r.keep_fractions) >= 1, "--keep_fractions needs at least one value.")
         bad = [f for f in r.keep_fractions if not 0.0 < f < 1.0]
+        valid_keeps = [f for f in r.keep_fractions if 0.0 < f < 1.0]
         need(
             not bad,
             f"--keep_fractions must lie strictly between 0 and 1 (the fraction of the training set kept; the full-data "
@@ -334,14 +343,13 @@ class PipelineConfig:
         need(len(set(r.rules)) == len(r.rules), f"--rules has duplicates: {r.rules}.")
         if "window" in r.rules:
             need(len(r.window_skip) >= 1, "--rules includes window: give --window_skip, e.g. [0.1,0.2].")
-            need(
-                all(0.0 < s < 1.0 for s in r.window_skip),
-                f"--window_skip values must be in (0, 1), got {r.window_skip}.",
-            )
-            need(
-                any(s + f <= 1.0 for s in r.window_skip for f in r.keep_fractions),
-                "--window_skip: no window fits (skip + keep fraction must be at most 1).",
-            )
+            skips_ok = all(0.0 < s < 1.0 for s in r.window_skip)
+            need(skips_ok, f"--window_skip values must be in (0, 1), got {r.window_skip}.")
+            if skips_ok and r.window_skip and valid_keeps and not bad:  # only once the keep fractions are valid
+                need(
+                    any(s + f <= 1.0 for s in r.window_skip for f in valid_keeps),
+                    "--window_skip: no window fits (skip + keep fraction must be at most 1).",
+                )
         need(0.0 <= r.coverage_beta < 1.0, f"--coverage_beta must be in [0, 1), got {r.coverage_beta}.")
         need(r.coverage_strata >= 1, f"--coverage_strata must be positive, got {r.coverage_strata}.")
         need(len(r.seeds) >= 1, "--seeds needs at least one retraining seed.")
@@ -361,9 +369,89 @@ class PipelineConfig:
             r.num_threads is None or r.num_threads >= 1,
             f"--num_threads must be positive, got {r.num_threads}.",
         )
+        problems += _output_dir_problems(r.output_dir)
+        problems += _hardware_problems(r)
         if problems:
             raise PipelineError("\n".join(problems))
         return r
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _output_dir_problems(output_dir: str) -> list[str]:
+    """``--output_dir`` must be a folder or creatable as one: not an existing file, not below a file."""
+    path = Path(output_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        return [
+            f"--output_dir {output_dir!r} is an existing file, not a folder: pass a folder (a new path or an "
+            "existing directory) for the scores, results and plots."
+        ]
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return [
+                    f"--output_dir {output_dir!r} lies under {str(parent)!r}, which is a file, not a folder: pass "
+                    "a folder path whose parents are folders."
+                ]
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return [f"--output_dir {output_dir!r}: cannot create it in {str(parent)!r} (not writable)."]
+            break
+    return []
+
+
+_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def _precision_values() -> tuple[str, ...]:
+    """The precision strings Lightning accepts (read from Lightning; a fixed list if that moves)."""
+    from typing import get_args
+
+    try:
+        from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+        values = {str(v) for t in (_PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS) for v in get_args(t)}
+    except ImportError:  # pragma: no cover - another Lightning layout
+        values = set()
+    if not values:  # pragma: no cover
+        values = {"transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
+                  "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16"}  # fmt: skip
+    return tuple(sorted(values))
+
+
+def _hardware_problems(r: PipelineConfig) -> list[str]:
+    """``--accelerator`` must name an accelerator that is there, ``--precision`` one Lightning knows."""
+    problems = []
+    acc = str(r.accelerator).lower()
+    if acc not in _ACCELERATORS:
+        problems.append(f"--accelerator must be one of {', '.join(_ACCELERATORS)}, got {r.accelerator!r}.")
+    elif acc in ("gpu", "cuda") and not _cuda_available():
+        import torch
+
+        mps = getattr(torch.backends, "mps", None)
+        if not (acc == "gpu" and mps is not None and mps.is_available()):
+            problems.append(
+                f"--accelerator {r.accelerator}: no GPU is visible to torch (torch.cuda.is_available() is False; "
+                f"torch {torch.__version__}). Use --accelerator cpu (or auto), or install a CUDA build of torch "
+                "and check CUDA_VISIBLE_DEVICES / nvidia-smi."
+            )
+    elif acc == "mps":
+        import torch
+
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            problems.append("--accelerator mps: Apple's MPS is not available here. Use --accelerator cpu (or auto).")
+    if r.precision is not None:
+        allowed = _precision_values()
+        if str(r.precision) not in allowed:
+            problems.append(
+                f"--precision {r.precision!r} is not a Lightning precision: use one of {', '.join(allowed)} (e.g. "
+                "bf16-mixed on recent GPUs, 32-true on CPU), or leave it unset for Lightning's default."
+            )
+    return problems
 
 
 # ------------------------------------------------------------------------------------------------- the plan
@@ -390,9 +478,28 @@ def settings(cfg: PipelineConfig) -> list[Setting]:
     return out
 
 
+_CONTENT_KEYS: dict[tuple[str, str | None], dict[str, Any]] = {}  # per stage; cleared by validate()
+
+
+def _content_key(cfg: PipelineConfig) -> dict[str, Any]:
+    """What the data *is*: a content fingerprint of every training and test image and label, the class names and
+    the split sizes (:func:`lightning_datadiet.datasets.data_fingerprint`), never where it is stored. Looked up
+    once per stage (every :meth:`PipelineConfig.validate` looks again, so changed files are noticed)."""
+    from lightning_datadiet.datasets import data_fingerprint
+
+    memo = (cfg.dataset, cfg.data_dir)
+    if memo not in _CONTENT_KEYS:
+        try:
+            _CONTENT_KEYS[memo] = data_fingerprint(cfg.dataset, cfg.data_dir)
+        except (FileNotFoundError, OSError, ValueError) as err:
+            raise PipelineError(f"Cannot read the data of --dataset {cfg.dataset}: {err}") from err
+    return _CONTENT_KEYS[memo]
+
+
 def _data_key(cfg: PipelineConfig, setting: Setting) -> dict[str, Any]:
     key: dict[str, Any] = {
         "dataset": cfg.dataset,
+        "content": _content_key(cfg),
         "val_size": cfg.val_size,
         "split_seed": cfg.split_seed,
         "label_noise": setting.label_noise,
@@ -645,6 +752,8 @@ def _quiet_lightning(cfg: PipelineConfig) -> Iterator[None]:
     """Fewer messages from Lightning (its info lines repeat for every run) and the configured torch threads."""
     loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning_datadiet")]
     levels = [lg.level for lg in loggers]
+    import torch
+
     threads = torch.get_num_threads()
     for lg in loggers:
         lg.setLevel(logging.WARNING)
@@ -670,18 +779,49 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class _ETA:
+    """Running count and estimated time left of a stage's fits (mean time per finished fit x fits left)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def tick(self) -> str:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        return f"stage {_duration(elapsed)}, eta {_duration(left)}"
+
+
 # ------------------------------------------------------------------------------------------------ stage: score
 
 
-class _StopAfterEpoch(Callback):
-    """Stop a scoring run once every requested scoring epoch is done (the LR schedule still spans ``epochs``)."""
+def _stop_after_epoch(epoch: int) -> Any:
+    """A callback that stops a scoring run once every requested scoring epoch is done (the LR schedule still
+    spans ``epochs``); built here so that importing this module does not import Lightning."""
+    from lightning.pytorch.callbacks import Callback
+    from typing_extensions import override
 
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
+    class _StopAfterEpoch(Callback):
+        def __init__(self, epoch: int) -> None:
+            self.epoch = epoch
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.current_epoch + 1 >= self.epoch:
-            trainer.should_stop = True
+        @override
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            if trainer.current_epoch + 1 >= self.epoch:
+                trainer.should_stop = True
+
+    return _StopAfterEpoch(epoch)
 
 
 def _scoring_done(run: ScoringRun, methods: list[str]) -> dict | None:
@@ -718,12 +858,14 @@ def run_scoring(cfg: PipelineConfig) -> dict[str, dict[str, Path]]:
         return averaged
     stop = max(max(_method_epoch(cfg, m) for m in cfg.methods), 1)
     datamodules: dict[str, Any] = {}
+    todo = [run for run in plan if not _scoring_done(run, cfg.methods)]
+    for i, run in enumerate(plan, 1):
+        if run not in todo:
+            _say(f"[score {i}/{len(plan)}] {run.setting.name} seed={run.seed}: done before, skipped")
+    eta = _ETA(len(todo))
     with _quiet_lightning(cfg):
-        for i, run in enumerate(plan, 1):
-            tag = f"[score {i}/{len(plan)}] {run.setting.name} seed={run.seed}"
-            if _scoring_done(run, cfg.methods):
-                _say(f"{tag}: done before, skipped")
-                continue
+        for i, run in enumerate(todo, 1):
+            tag = f"[score {i}/{len(todo)}] {run.setting.name} seed={run.seed}"
             dm = datamodules.setdefault(run.setting.name, make_datamodule(cfg, run.setting))
             dm.setup("fit")
             seed_everything(run.seed, workers=True, verbose=False)
@@ -736,13 +878,14 @@ def run_scoring(cfg: PipelineConfig) -> dict[str, dict[str, Path]]:
                 callbacks["grand"] = GraNdCallback(cfg.grand_epoch, dirpath=d, seed=run.seed)
             if "forgetting" in cfg.methods:
                 callbacks["forgetting"] = ForgettingCallback(epochs=None, dirpath=d, seed=run.seed)
-            _say(f"{tag}: training {stop} of {cfg.epochs} epochs with {', '.join(callbacks)} scoring")
+            if cfg.progress_bar:
+                _say(f"{tag}: training {stop} of {cfg.epochs} epochs with {', '.join(callbacks)} scoring")
             start = time.perf_counter()
             trainer = _make_trainer(
                 cfg,
                 cfg.epochs,
                 logger=_tb_logger(cfg, f"{run.setting.name}/score", f"seed{run.seed}"),
-                callbacks=[*callbacks.values(), _StopAfterEpoch(stop)],
+                callbacks=[*callbacks.values(), _stop_after_epoch(stop)],
                 val=False,
             )
             trainer.fit(module, datamodule=dm)
@@ -764,7 +907,10 @@ def run_scoring(cfg: PipelineConfig) -> dict[str, dict[str, Path]]:
                     "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 },
             )
-            _say(f"{tag}: scored in {time.perf_counter() - start:.1f} s -> {d}")
+            _say(
+                f"{tag}: {', '.join(callbacks)} scored after {trainer.current_epoch} of {cfg.epochs} epochs in "
+                f"{time.perf_counter() - start:.1f} s -> {d} ({eta.tick()})"
+            )
     for s in settings(cfg):
         runs = [r for r in plan if r.setting == s]
         averaged[s.name] = {}
@@ -884,6 +1030,7 @@ def run_retraining(cfg: PipelineConfig) -> list[dict[str, Any]]:
     todo = [r for r in plan if _read_json(result_path(cfg, r.key)) is None]
     _say(f"retraining: {len(plan)} runs planned, {len(plan) - len(todo)} done before, {len(todo)} to train")
     datamodules: dict[str, Any] = {}
+    eta = _ETA(len(todo))
     with _quiet_lightning(cfg):
         for i, run in enumerate(todo, 1):
             dm = datamodules.setdefault(run.setting.name, make_datamodule(cfg, run.setting))
@@ -892,7 +1039,7 @@ def run_retraining(cfg: PipelineConfig) -> list[dict[str, Any]]:
             _write_json(result_path(cfg, run.key), result)
             _say(
                 f"[train {i}/{len(todo)}] {run.describe()}: {result['kept']} examples, {result['epochs_trained']} epochs,"
-                f" test acc {result['test_acc']:.4f} ({result['wall_time_s']:.1f} s)"
+                f" test acc {result['test_acc']:.4f} ({result['wall_time_s']:.1f} s; {eta.tick()})"
             )
     return load_results(cfg)[0]
 
@@ -989,7 +1136,7 @@ def choose_rules_on_validation(results: list[dict[str, Any]]) -> list[dict[str, 
     return rows
 
 
-def _noise_rows(cfg: PipelineConfig, masks: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+def _noise_rows(cfg: PipelineConfig, masks: dict[str, Any]) -> list[dict[str, Any]]:
     from lightning_datadiet import load_scores
     from lightning_datadiet.analysis import noise_detection
 
@@ -1022,129 +1169,26 @@ def _summary_stats(values: list[float]) -> tuple[float, float, float]:
     return float(a.mean()), float(np.percentile(a, 16)), float(np.percentile(a, 84))
 
 
-_METHOD_COLORS = {"el2n": "tab:blue", "grand": "tab:orange", "forgetting": "tab:green"}
-_RULE_STYLES = {"highest": "-", "lowest": "-.", "coverage": "--"}
-
-
 def plot_accuracy(cfg: PipelineConfig, results: list[dict[str, Any]], path: Path) -> Path:
-    """Test accuracy against the fraction pruned, one panel per setting: one line per (method, rule) with the
-    16th-84th percentile band over seeds, the random-subset baseline and the full-data level."""
-    import matplotlib
+    """Test accuracy against the fraction of the training set kept, one panel per setting (see
+    :func:`lightning_datadiet.pipeline_plots.plot_accuracy`)."""
+    from lightning_datadiet.pipeline_plots import plot_accuracy as plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = _group(results)
-    names = [s.name for s in settings(cfg)]
-    fig, axes = plt.subplots(1, len(names), figsize=(5.6 * len(names) + 2.4, 4.6), squeeze=False)
-    window_markers = iter("osD^v<>p*h" * 4)
-    markers: dict[str, str] = {}
-    for ax, name in zip(axes[0], names):
-        full = groups.get((name, "full", "full", 1.0))
-        if full:
-            m, lo, hi = _summary_stats(full)
-            ax.axhline(m, color="black", lw=1.2, label=f"full data ({len(full)} seeds)")
-            ax.axhspan(lo, hi, color="black", alpha=0.08)
-        curves = sorted({(mth, rule) for (s, mth, rule, _f) in groups if s == name and mth != "full"})
-        for method, rule in curves:
-            pts = sorted(
-                (
-                    (1 - f, _summary_stats(v))
-                    for (s, m, r, f), v in groups.items()
-                    if (s, m, r) == (name, method, rule)
-                ),
-                key=lambda t: t[0],
-            )
-            x = [p[0] for p in pts]
-            mean = [p[1][0] for p in pts]
-            lo = [p[1][1] for p in pts]
-            hi = [p[1][2] for p in pts]
-            if method == "random":
-                style = {"color": "gray", "ls": ":", "marker": "x", "lw": 1.8}
-            else:
-                base = rule.split("(")[0]
-                marker = "o" if base != "window" else markers.setdefault(rule, next(window_markers))
-                style = {
-                    "color": _METHOD_COLORS.get(method, None),
-                    "ls": _RULE_STYLES.get(base, (0, (1, 1))),
-                    "marker": marker,
-                }
-            label = "random subset" if method == "random" else f"{method} {rule}"
-            ax.plot(x, mean, label=label, ms=4, **style)
-            ax.fill_between(x, lo, hi, color=style["color"], alpha=0.12)
-        noise = next(s.label_noise for s in settings(cfg) if s.name == name)
-        ax.set_title(f"{cfg.dataset} {name} ({'clean labels' if noise == 0 else f'{noise:.0%} label noise'})")
-        ax.set_xlabel("fraction of training data pruned")
-        ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle(f"budget: {cfg.budget}; lines = mean over seeds, bands = 16th-84th percentile", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return plot(cfg, results, path)
 
 
-def plot_histograms(cfg: PipelineConfig, masks: dict[str, torch.Tensor], path: Path) -> Path | None:
-    """Histograms of the averaged scores, one row per setting and one column per method; corrupted examples are
-    stacked in red when labels were corrupted. +inf (never learned) is shown as a separate bar at the right."""
-    import matplotlib
+def plot_histograms(cfg: PipelineConfig, masks: dict[str, Any], path: Path) -> Path | None:
+    """Histograms of the averaged scores, every example counted, ``+inf`` at the tick ``never learned (inf)``
+    (see :func:`lightning_datadiet.pipeline_plots.plot_histograms`)."""
+    from lightning_datadiet.pipeline_plots import plot_histograms as plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lightning_datadiet import load_scores
-
-    if not cfg.methods:
-        return None
-    sets = settings(cfg)
-    fig, axes = plt.subplots(
-        len(sets), len(cfg.methods), figsize=(4.2 * len(cfg.methods), 3.2 * len(sets)), squeeze=False
-    )
-    for row, s in zip(axes, sets):
-        for ax, method in zip(row, cfg.methods):
-            p = mean_score_path(cfg, s, method)
-            if not p.exists():
-                ax.set_axis_off()
-                continue
-            scores = load_scores(p).scores.double()
-            inf = torch.isinf(scores)
-            finite = scores[~inf]
-            lo, hi = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 0.0)
-            shown = scores.clone()
-            shown[inf] = hi + max(1.0 if method == "forgetting" else 0.0, 0.1 * (hi - lo), 1e-3)
-            bins = np.linspace(float(shown.min()), float(shown.max()) + 1e-9, 41)
-            mask = masks.get(s.name)
-            if mask is not None and bool(mask.any()):
-                ax.hist(
-                    [shown[~mask].numpy(), shown[mask].numpy()],
-                    bins=bins,
-                    stacked=True,
-                    color=["tab:blue", "tab:red"],
-                    label=["clean label", "corrupted label"],
-                )
-                ax.legend(fontsize=7)
-            else:
-                ax.hist(shown.numpy(), bins=bins, color="tab:blue")
-            title = f"{s.name}: {method} (mean of {cfg.num_runs})"
-            if int(inf.sum()):
-                title += f", {int(inf.sum())} never learned (+inf, right)"
-            ax.set_title(title, fontsize=8)
-            ax.set_xlabel("score")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return plot(cfg, masks, path)
 
 
 def _tensorboard_report(cfg: PipelineConfig, results: list[dict[str, Any]]) -> Path | None:
     if not cfg.tensorboard:
         return None
+    import torch
     from torch.utils.tensorboard import SummaryWriter
 
     from lightning_datadiet import load_scores
@@ -1155,12 +1199,17 @@ def _tensorboard_report(cfg: PipelineConfig, results: list[dict[str, Any]]) -> P
         for method in cfg.methods:
             p = mean_score_path(cfg, s, method)
             if p.exists():
-                scores = load_scores(p).scores
-                writer.add_histogram(f"scores_mean/{s.name}/{method}", scores[torch.isfinite(scores)], 0)
+                scores = load_scores(p).scores.double()
+                inf = torch.isposinf(scores)
+                finite = scores[torch.isfinite(scores)]
+                shown = scores.clone()
+                if bool(inf.any()):  # every example counted: +inf at one past the largest finite score
+                    shown[inf] = (float(finite.max()) if finite.numel() else 0.0) + 1.0
+                writer.add_histogram(f"scores_mean/{s.name}/{method}", shown[~torch.isnan(shown)], 0)
+                writer.add_scalar(f"never_learned/{s.name}/{method}", int(inf.sum()), 0)
     for (setting, method, rule, keep), values in sorted(_group(results).items()):
-        writer.add_scalar(
-            f"test_acc/{setting}/{method} {rule}", float(np.mean(values)), int(round(100 * (1 - keep)))
-        )
+        # step = percent of the training set kept (100 = full data), as in every table
+        writer.add_scalar(f"test_acc/{setting}/{method} {rule}", float(np.mean(values)), int(round(100 * keep)))
     writer.close()
     return logdir
 
@@ -1253,7 +1302,7 @@ def run_report(cfg: PipelineConfig) -> dict[str, Any]:
         _write_json(out / "rule_selection.json", chosen)
         _write_csv(out / "rule_selection.csv", chosen, [k for k in chosen[0] if k != "candidates_val_acc"])
         written["rule_selection"] = out / "rule_selection.json"
-    masks: dict[str, torch.Tensor] = {}
+    masks: dict[str, Any] = {}
     for s in settings(cfg):
         if s.label_noise > 0:
             dm = make_datamodule(cfg, s)
@@ -1265,7 +1314,7 @@ def run_report(cfg: PipelineConfig) -> dict[str, Any]:
         _write_csv(out / "noise_detection.csv", noise, list(noise[0]))
         written["noise_detection"] = out / "noise_detection.json"
     if rows:
-        written["plot"] = plot_accuracy(cfg, rows, out / "accuracy_vs_pruned.png")
+        written["plot"] = plot_accuracy(cfg, rows, out / "accuracy_vs_kept.png")
     hist = plot_histograms(cfg, masks, out / "score_histograms.png")
     if hist is not None:
         written["histograms"] = hist

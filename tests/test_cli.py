@@ -47,14 +47,19 @@ def _reduced_config(out: Path) -> PipelineConfig:
 def demo_dir(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo")
     # the README spells options with dashes: both forms are accepted
-    argv = ["demo", "--output-dir", str(out), *REDUCED]
+    # progress bars left at their default (off): the output is one line per finished fit
+    argv = ["demo", "--output-dir", str(out), *[a for a in REDUCED if a not in ("--progress_bar", "false")]]
     import contextlib
     import io
 
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
         assert main(argv) == 0
+    demo_output["stderr"] = err.getvalue()
     return out, buf.getvalue()
+
+
+demo_output: dict[str, str] = {}
 
 
 def _png_ok(path: Path) -> None:
@@ -109,7 +114,7 @@ def test_demo_outputs_exist_and_are_consistent(demo_dir):
             assert sf.num_samples == 1000 and sf.extra["runs"] == 2
 
     # plots are valid PNGs
-    _png_ok(out / "accuracy_vs_pruned.png")
+    _png_ok(out / "accuracy_vs_kept.png")
     _png_ok(out / "score_histograms.png")
 
     # noisy-label precision for the noisy setting only
@@ -134,6 +139,24 @@ def test_demo_outputs_exist_and_are_consistent(demo_dir):
     assert "== clean ==" in stdout and "== noise20-uniform ==" in stdout and "full data" in stdout
     assert (out / "summary.txt").read_text().strip() in stdout
     assert "keep_fractions" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_demo_prints_one_line_per_finished_fit(demo_dir):
+    out, stdout = demo_dir
+    cfg = _reduced_config(out)
+    lines = stdout.splitlines()
+    score = [ln for ln in lines if ln.startswith("[score ")]
+    train = [ln for ln in lines if ln.startswith("[train ")]
+    assert len(score) == len(plan_scoring(cfg)) == 4  # one line per scoring fit
+    assert len(train) == len(plan_retraining(cfg)) == 22  # one line per retraining fit
+    for i, line in enumerate(train, 1):
+        assert line.startswith(f"[train {i}/22]") and "eta " in line and "test acc" in line
+    assert all("scored after" in ln and "eta " in ln for ln in score)
+    assert "\r" not in stdout and "it/s" not in stdout + demo_output["stderr"]  # no progress bars
+    assert len(demo_output["stderr"]) < 2000, demo_output["stderr"][:2000]
+    assert len(stdout) < 12000  # the full demo (130 fits) prints 23 kB
+    assert len(lines) < len(score) + len(train) + 60  # the rest is the summary table
 
 
 @pytest.mark.slow
