@@ -6,9 +6,9 @@ every training example (:class:`EL2NCallback`, :class:`GraNdCallback`, :class:`F
 (:mod:`lightning_datadiet.selection`), :class:`PrunedDataModule`, and the analyses (:mod:`lightning_datadiet.analysis`).
 """
 
-__version__ = "0.1.0"
-
 from typing import TYPE_CHECKING, Any
+
+from lightning_datadiet._version import __version__
 
 # The public names are imported on first use (PEP 562), so that `datadiet --help` and other light entry points
 # do not import torch and Lightning (seconds). `from lightning_datadiet import EL2NCallback` works as before.

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import numpy as np
 
@@ -145,7 +145,8 @@ class PipelineConfig:
         window_skip: For ``window``: fractions of the training set skipped at the top of the ranking (one window
             per value; the paper's offset is ``N - skip*N - keep*N``). Windows that do not fit are left out.
         coverage_beta: For ``coverage``: the hardest fraction dropped before sampling.
-        coverage_strata: For ``coverage``: number of equal-width score strata.
+        coverage_strata: For ``coverage``: number of equal-width score strata (``None``: CCS's 50, for any N; an
+            explicit value may not exceed the training set's size).
         class_balanced: Split every subset (random included) into per-class quotas proportional to class size.
         seeds: Retraining seeds; each subset/baseline is trained once per seed (random subsets also differ by seed).
         budget: Retraining budget of a pruned subset: ``same_steps`` (as many optimizer steps as full-data
@@ -195,7 +196,7 @@ class PipelineConfig:
     )
     window_skip: list[float] = field(default_factory=lambda: [0.2])
     coverage_beta: float = 0.1
-    coverage_strata: int = 50
+    coverage_strata: Optional[int] = None
     class_balanced: bool = False
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     budget: Literal["same_steps", "same_epochs"] = "same_steps"
@@ -351,7 +352,7 @@ class PipelineConfig:
                     "--window_skip: no window fits (skip + keep fraction must be at most 1).",
                 )
         need(0.0 <= r.coverage_beta < 1.0, f"--coverage_beta must be in [0, 1), got {r.coverage_beta}.")
-        need(r.coverage_strata >= 1, f"--coverage_strata must be positive, got {r.coverage_strata}.")
+        need(r.coverage_strata is None or r.coverage_strata >= 1, f"--coverage_strata must be positive, got {r.coverage_strata}.")
         need(len(r.seeds) >= 1, "--seeds needs at least one retraining seed.")
         need(len(set(r.seeds)) == len(r.seeds), f"--seeds has duplicates: {r.seeds}.")
         need(r.budget in BUDGETS, f"--budget must be one of {', '.join(BUDGETS)}, got {r.budget!r}.")
