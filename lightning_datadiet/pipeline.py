@@ -961,7 +961,7 @@ def _train_one(cfg: PipelineConfig, run: RetrainRun, dm: Any) -> dict[str, Any]:
     from lightning.pytorch import seed_everything
 
     from lightning_datadiet import PrunedDataModule
-    from lightning_datadiet.selection import retrain_epochs
+    from lightning_datadiet.data.budget import retrain_epochs
 
     n = len(dm.score_dataset())
     if run.method == "full":
