@@ -25,6 +25,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_datadiet._utils import atomic_write_bytes
 from lightning_datadiet.analysis.noise import label_noise as _apply_label_noise
 
 __all__ = [
@@ -405,12 +406,10 @@ def load_cifar10_arrays(
         x, y, classes = _read_image_folder(kind, path, split)
         cache.mkdir(parents=True, exist_ok=True)
         for file, arr in ((x_file, x), (y_file, y)):
-            tmp = file.with_suffix(f".tmp{os.getpid()}.npy")
-            np.save(tmp, arr, allow_pickle=False)
-            os.replace(tmp, file)
-        tmp = c_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text("\n".join(classes))
-        os.replace(tmp, c_file)
+            buffer = io.BytesIO()
+            np.save(buffer, arr, allow_pickle=False)
+            atomic_write_bytes(file, buffer.getbuffer())
+        atomic_write_bytes(c_file, "\n".join(classes).encode("utf-8"))
     return torch.from_numpy(x), torch.from_numpy(y).long(), classes
 
 

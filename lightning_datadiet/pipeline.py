@@ -40,6 +40,8 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
+from lightning_datadiet._utils import atomic_write_bytes
+
 # torch and lightning are imported inside the functions that train: `datadiet --help` and option errors must not
 # pay for them (they take seconds to import).
 
@@ -728,13 +730,7 @@ def _tb_logger(cfg: PipelineConfig, name: str, version: str):
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -7,13 +7,14 @@ atomically. Called through :func:`lightning_datadiet.pipeline.plot_accuracy` /
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lightning_datadiet import pipeline as _p
+from lightning_datadiet._utils import atomic_write_bytes
 
 __all__ = ["plot_accuracy", "plot_histograms", "NEVER_LEARNED_LABEL"]
 
@@ -34,10 +35,9 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save(fig: Any, path: Path, dpi: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")  # legends outside the panels are kept whole
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")  # legends outside the panels are kept whole
+    atomic_write_bytes(path, buffer.getbuffer())
     return path
 
 
