@@ -2,7 +2,8 @@
 
 For every model, each method is timed in turn inside every repeat (interleaved, so background load hits all of
 them alike); the table reports the median over repeats of (method time / training-step time) and the median
-seconds. Methods: the norm-only engine (`grand(method="norms")`), the torch.func path (`grand(method="vmap")`,
+seconds (wall clock), and the same median ratio of process CPU time (less sensitive to other load on the
+machine). Methods: the norm-only engine (`grand(method="norms")`), the torch.func path (`grand(method="vmap")`,
 chunk None and 32), a naive per-example loop, BackPACK `BatchL2Grad`, Opacus `GradSampleModule` (per-sample
 gradients) and Opacus `GradSampleModuleFastGradientClipping` (ghost `per_sample_gradient_norms`). Peers that are
 not installed, or that refuse a model, are reported with the reason. Every method's norms are checked against the
@@ -228,17 +229,21 @@ def bench_model(name: str, methods: list[str], repeats: int, dev: torch.device) 
             notes[m] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
     fns["train_step"]()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             sync()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn()
             sync()
             times[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
     ratios = {k: statistics.median(a / b for a, b in zip(times[k], times["train_step"])) for k in fns}
+    cpu_ratios = {k: statistics.median(a / b for a, b in zip(cpu[k], cpu["train_step"])) for k in fns}
     return {
         "model": name, "description": MODELS[name], "params": sum(p.numel() for p in model.parameters()),
         "median_s": {k: statistics.median(v) for k, v in times.items()}, "ratio": ratios,
+        "cpu_ratio": cpu_ratios, "wall_s": times, "cpu_s": cpu,
         "max_rel_err_vs_norms": errors, "notes": notes,
     }
 
@@ -308,7 +313,8 @@ def main() -> None:
             if m in res["notes"]:
                 print(f"  {LABELS[m]:28s}  -- {res['notes'][m]}")
             else:
-                print(f"  {LABELS[m]:28s} {res['ratio'][m]:6.2f}x  {res['median_s'][m] * 1e3:8.0f} ms  "
+                print(f"  {LABELS[m]:28s} {res['ratio'][m]:6.2f}x (cpu {res['cpu_ratio'][m]:5.2f}x) "
+                      f"{res['median_s'][m] * 1e3:8.0f} ms  "
                       f"rel.err {res['max_rel_err_vs_norms'][m]:.1e} {mem_s}")
         if "peak_bytes" in res and res["peak_bytes"].get("train_step") is not None:
             print(f"  {'training step':28s} {'1.00x':>7s}  {'':8s}     {'':15s} {res['peak_bytes']['train_step'] / 2**20:8.0f} MB")
