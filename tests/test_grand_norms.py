@@ -71,6 +71,10 @@ class Flat(nn.Module):
         (nn.Conv2d(2, 4, (2, 3), stride=(2, 1), padding=(1, 0), bias=False), (2, 5, 6), 4 * 3 * 4),
         (nn.Conv2d(2, 3, 3, padding="same", padding_mode="reflect"), (2, 5, 5), 75),
         (nn.Conv2d(2, 2, 4, padding="same", dilation=2, groups=2), (2, 5, 5), 50),  # 'same' padding
+        (nn.Conv2d(16, 4, 3, padding=2, dilation=2, groups=2), (16, 5, 6), 120),  # stride 1, >= 8 channels/group
+        (nn.Conv2d(8, 3, (3, 2), padding="same", padding_mode="reflect"), (8, 4, 5), 60),
+        (nn.Conv2d(8, 3, 1), (8, 3, 3), 27),
+        (nn.Conv1d(8, 4, 3, padding=2, dilation=2), (8, 7), 28),
         (nn.Conv1d(3, 4, 3, stride=2, padding=1, dilation=2), (3, 9), 16),
         (nn.Conv1d(4, 4, 3, groups=4, padding=1, padding_mode="circular"), (4, 6), 24),
         (nn.LayerNorm(5), (3, 5), 15),
@@ -79,7 +83,8 @@ class Flat(nn.Module):
         (nn.GroupNorm(1, 4, affine=True), (4, 5), 20),
     ],
     ids=["linear", "linear-3d", "conv2d", "conv2d-grouped-strided-dilated-padded", "conv2d-rect", "conv2d-reflect",
-         "conv2d-same-asym", "conv1d", "conv1d-depthwise-circular", "layernorm", "layernorm-2d-nobias", "groupnorm",
+         "conv2d-same-asym", "conv2d-wide-dilated-grouped", "conv2d-wide-reflect", "conv2d-1x1",
+         "conv1d-wide-dilated", "conv1d", "conv1d-depthwise-circular", "layernorm", "layernorm-2d-nobias", "groupnorm",
          "groupnorm-1"],
 )
 def test_each_layer_alone_matches_the_naive_loop(body, shape, features):

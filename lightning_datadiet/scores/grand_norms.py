@@ -186,7 +186,7 @@ def _conv(m: nn.Conv1d | nn.Conv2d, x: Tensor, g: Tensor, strategy: str) -> Tens
     t = g.shape[2] * g.shape[3]
     d, p = m.in_channels // groups * kernel[0] * kernel[1], m.out_channels // groups
     ghost = t * (d + p) < p * d if strategy == "auto" else strategy == "ghost"
-    if not ghost and stride == (1, 1) and t > 1:
+    if not ghost and stride == (1, 1) and t > 1 and m.in_channels // groups >= 8:  # else im2col is cheaper
         return sq + _conv_weight_sq_stride1(x, g, kernel, dilation, padding, groups)
     u = _unfold(x, kernel, dilation, padding, stride)  # [B, Ci*k, T]
     t = u.shape[2]
