@@ -346,6 +346,11 @@ def _one_pass(
             h.remove()
     if any(not torch.equal(a, b) for a, b in zip(rng_before, _rng_states(device))):
         raise RuntimeError(RANDOMNESS_MESSAGE)
+    if not isinstance(logits, Tensor):  # the same refusal as the vmap path
+        raise ValueError(
+            f"grand: the model must return [B, K] logits; got {type(logits).__name__}. If its forward returns a "
+            "tuple or dict, score the submodule that returns the logits (GraNdCallback: `logits_module=`)."
+        )
     check_logits(logits, what="grand", batch_size=batch)
     check_targets(targets, batch, logits.shape[1], what="grand")
     for m, seen in calls.items():
