@@ -10,7 +10,8 @@ not installed, or that refuse a model, are reported with the reason. Every metho
 engine's (max relative difference).
 
 Peak memory (``--memory``): each (model, method) runs once in a fresh subprocess; on CPU the figure is the
-resident-set high-water mark (``ru_maxrss``) minus the resident set just before the call; on CUDA
+resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` just before the call) minus the
+resident set just before the call; on CUDA
 ``torch.cuda.max_memory_allocated`` minus the allocation before the call.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_grand.py --repeats 5 --memory --json bench_grand.json
@@ -266,9 +267,13 @@ def memory_child(name: str, method: str, device: str) -> None:
         torch.cuda.synchronize()
         print(json.dumps({"peak_bytes": torch.cuda.max_memory_allocated() - base}))
     else:
+        with open("/proc/self/clear_refs", "w") as f:  # reset the resident-set high-water mark (Linux >= 4.0)
+            f.write("5")
         base = _rss_bytes()
         fn()
-        print(json.dumps({"peak_bytes": max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)}))
+        with open("/proc/self/status") as f:
+            hwm = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
+        print(json.dumps({"peak_bytes": max(0, hwm - base)}))
 
 
 def memory(name: str, methods: list[str], device: str) -> dict:
@@ -289,6 +294,7 @@ def main() -> None:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--memory", action="store_true", help="also measure peak memory (fresh subprocess each)")
+    p.add_argument("--memory-methods", default=None, help="methods to measure memory for (default: all that run)")
     p.add_argument("--json", default=None)
     p.add_argument("--memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -303,7 +309,8 @@ def main() -> None:
     for name in args.models.split(","):
         res = bench_model(name, methods, args.repeats, dev)
         if args.memory:
-            res["peak_bytes"] = memory(name, [m for m in methods if m not in res["notes"]], args.device)
+            chosen = args.memory_methods.split(",") if args.memory_methods else methods
+            res["peak_bytes"] = memory(name, [m for m in chosen if m in methods and m not in res["notes"]], args.device)
         results.append(res)
         print(f"\n{res['description']} ({res['params'] / 1e6:.2f}M params); training step "
               f"{res['median_s']['train_step'] * 1e3:.0f} ms")
