@@ -280,7 +280,10 @@ def memory(name: str, methods: list[str], device: str) -> dict:
     out = {}
     for m in ["train_step", *methods]:
         proc = subprocess.run(
-            [sys.executable, __file__, "--memory-child", name, m, "--device", device], capture_output=True, text=True
+            [sys.executable, __file__, "--memory-child", name, m, "--device", device,
+             "--threads", str(torch.get_num_threads())],
+            capture_output=True,
+            text=True,
         )
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         out[m] = json.loads(lines[-1])["peak_bytes"] if proc.returncode == 0 and lines else None
@@ -295,9 +298,12 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--memory", action="store_true", help="also measure peak memory (fresh subprocess each)")
     p.add_argument("--memory-methods", default=None, help="methods to measure memory for (default: all that run)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--json", default=None)
     p.add_argument("--memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(*args.memory_child, args.device)
         return
