@@ -65,10 +65,10 @@ def main() -> None:
 
     ref_model = copy.deepcopy(model)
     t_train = timed(train_step, args.repeats, sync)
-    t_grand = timed(lambda: grand(ref_model, x, y), args.repeats, sync)
-    t_grand32 = timed(lambda: grand(ref_model, x, y, chunk_size=32), args.repeats, sync)
+    t_grand = timed(lambda: grand(ref_model, x, y, method="vmap"), args.repeats, sync)
+    t_grand32 = timed(lambda: grand(ref_model, x, y, method="vmap", chunk_size=32), args.repeats, sync)
     t_naive = timed(lambda: naive_grand(ref_model, x, y), max(1, args.repeats // 2), sync)
-    err = ((grand(ref_model, x, y) - naive_grand(ref_model, x, y)).abs() / naive_grand(ref_model, x, y)).max()
+    err = ((grand(ref_model, x, y, method="vmap") - naive_grand(ref_model, x, y)).abs() / naive_grand(ref_model, x, y)).max()
 
     n = args.epoch_size
     data_x = torch.randn(n, 3, 32, 32, device=dev)

@@ -109,13 +109,32 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """torchvision's ResNet18 with the usual CIFAR stem: a 3x3 stride-1 first conv and no max-pool."""
+def resnet18_cifar(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> nn.Module:
+    """torchvision's ResNet18 with the usual CIFAR stem: a 3x3 stride-1 first conv and no max-pool.
+
+    Args:
+        num_classes: number of outputs.
+        in_channels: input channels.
+        width: channels of the first stage (stages have ``width, 2w, 4w, 8w``); 64 is the standard ResNet-18.
+    """
     from torchvision.models import resnet18
+    from torchvision.models.resnet import BasicBlock
 
     net = resnet18(weights=None, num_classes=num_classes)
-    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
+    if width != 64:  # rebuild the stages at this width, with torchvision's initialisation
+        net.bn1 = nn.BatchNorm2d(width)
+        net.inplanes = width
+        for i, stride in enumerate((1, 2, 2, 2)):
+            setattr(net, f"layer{i + 1}", net._make_layer(BasicBlock, width * 2**i, 2, stride=stride))
+        net.fc = nn.Linear(8 * width, num_classes)
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
     return net
 
 
@@ -128,7 +147,8 @@ def build_model(
         name: one of ``MODEL_NAMES``.
         num_classes: number of outputs.
         in_channels: input channels (1 for digits, 3 for CIFAR).
-        width: base width of ``digits_cnn`` / ``small_cnn`` / hidden width of ``mlp`` (model default if None).
+        width: base width of ``digits_cnn`` / ``small_cnn`` / ``resnet18`` / hidden width of ``mlp`` (model
+            default if None).
         input_size: image side, used by ``mlp`` to size its first layer.
 
     Raises:
@@ -142,7 +162,7 @@ def build_model(
     if name == "small_cnn":
         return SmallCNN(num_classes, width=width or 16, in_channels=in_channels)
     if name == "resnet18":
-        return resnet18_cifar(num_classes, in_channels=in_channels)
+        return resnet18_cifar(num_classes, in_channels=in_channels, width=width or 64)
     raise ValueError(f"Unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
 
 

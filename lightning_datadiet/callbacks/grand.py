@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from lightning_datadiet.callbacks._pass import PassScoreCallback
-from lightning_datadiet.scores.grand import grand
+from lightning_datadiet.scores.grand import GRAND_METHODS, grand
 
 __all__ = ["GraNdCallback"]
 
@@ -24,8 +24,12 @@ class GraNdCallback(PassScoreCallback):
 
     Args:
         epochs: completed training epochs after which to score (``0`` = at init).
-        chunk_size: examples per vectorised chunk; memory grows with ``chunk_size x num_parameters``
-            (default 32; ``None`` = the whole scoring batch at once).
+        chunk_size: examples processed at once (default 32; ``None`` = the whole scoring batch): for the
+            ``"vmap"`` path, examples per vectorised chunk (memory grows with ``chunk_size x num_parameters``); for
+            the ``"norms"`` engine, examples per forward + backward pass. The scores do not depend on it.
+        method: how :func:`lightning_datadiet.grand` computes the norms: ``"auto"`` (default: the norm-only engine
+            when every trainable layer is supported, else ``"vmap"``), ``"norms"`` or ``"vmap"``. Stored as
+            ``gradient_method`` (``method`` is the score's name, ``"grand"``).
         **kwargs: as for :class:`EL2NCallback` (``dirpath``, ``dataset``, ``batch_size``, ``num_workers``,
             ``logits_module``, ``input_key``, ``target_key``, ``seed``, ``save``, ``log_histogram``).
 
@@ -41,6 +45,7 @@ class GraNdCallback(PassScoreCallback):
         epochs: int | Sequence[int],
         *,
         chunk_size: int | None = 32,
+        method: str = "auto",
         dirpath: str | os.PathLike | None = None,
         dataset: Dataset | None = None,
         batch_size: int | None = None,
@@ -67,7 +72,10 @@ class GraNdCallback(PassScoreCallback):
         )
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}.")
+        if method not in GRAND_METHODS:
+            raise ValueError(f"method must be one of {', '.join(map(repr, GRAND_METHODS))}, got {method!r}.")
         self.chunk_size = chunk_size
+        self.gradient_method = method
 
     def score_batch(self, module: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
-        return grand(module, inputs, targets, chunk_size=self.chunk_size)
+        return grand(module, inputs, targets, chunk_size=self.chunk_size, method=self.gradient_method)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,8 +13,11 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_map
 
 from lightning_datadiet.scores._checks import check_logits, check_targets
+from lightning_datadiet.scores.grand_norms import NormsUnsupportedError, grand_norms, norms_support
 
-__all__ = ["grand", "eval_mode"]
+__all__ = ["grand", "eval_mode", "GRAND_METHODS"]
+
+GRAND_METHODS = ("auto", "norms", "vmap")
 
 
 @contextmanager
@@ -28,28 +32,49 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
-def grand(model: nn.Module, inputs: Tensor, targets: Tensor, *, chunk_size: int | None = None) -> Tensor:
+def grand(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    chunk_size: int | None = None,
+    method: str = "auto",
+) -> Tensor:
     r"""Per-example GraNd score, ``|| \nabla_\theta CE(model(x_i), y_i) ||_2`` over every parameter with
     ``requires_grad`` (frozen parameters are constants and do not count).
 
-    Per-example gradients come from ``torch.func`` (``functional_call`` + ``vmap`` + ``grad``), with the model in
-    eval mode (BatchNorm uses its running statistics; dropout is off), so examples never interact. Afterwards the
-    model's training flags, parameters and buffers are exactly as before, and no ``.grad`` is touched.
+    The model is scored in eval mode (BatchNorm uses its running statistics; dropout is off), so examples never
+    interact. Two exact methods:
+
+    * ``"norms"``: the norm-only engine (:mod:`lightning_datadiet.scores.grand_norms`): one forward and one
+      backward pass of the summed loss, then per layer the exact per-example squared norms of the weight and bias
+      gradients (ghost Gram form or that layer's per-example gradient, whichever is cheaper). Supports Linear,
+      Conv1d/Conv2d, BatchNorm1d/2d/3d (eval mode), LayerNorm, GroupNorm and Embedding; refuses anything else.
+    * ``"vmap"``: every example's full gradient from ``torch.func`` (``functional_call`` + ``vmap`` + ``grad``),
+      any differentiable model; memory grows with ``chunk_size x num_parameters``.
+
+    ``"auto"`` (default) uses ``"norms"`` when the model is supported and falls back to ``"vmap"`` otherwise
+    (with a ``UserWarning`` naming the reason). Afterwards the model's training flags, parameters and buffers are
+    exactly as before, and no ``.grad`` is touched.
 
     Args:
         model: a module mapping ``inputs`` to ``[B, K]`` logits.
         inputs: ``[B, ...]`` a batch of inputs: a tensor, or a tuple/list/dict of tensors that share the batch
             dimension (passed to the model as one positional argument); the batch dimension is vmapped over.
         targets: ``[B]`` integer class ids.
-        chunk_size: examples per vectorised chunk; peak memory grows with ``chunk_size x num_parameters``.
-            ``None`` processes the whole batch at once.
+        chunk_size: examples processed at once; ``None`` = the whole batch. For ``"vmap"``: examples per
+            vectorised chunk, peak memory grows with ``chunk_size x num_parameters``. For ``"norms"``: examples
+            per forward + backward pass, peak memory grows like a training step's with its batch size. The scores
+            do not depend on it.
+        method: ``"auto"``, ``"norms"`` or ``"vmap"`` (see above).
 
     Returns:
         ``[B]`` scores in the parameters' dtype (float32 for a float32 model, float64 for a float64 model).
 
     Raises:
         TypeError: inputs that are not tensors (or a tuple/list/dict of tensors).
-        ValueError: no trainable parameters, bad targets, outputs that are not ``[B, K]`` logits.
+        ValueError: no trainable parameters, bad targets, outputs that are not ``[B, K]`` logits, an unknown
+            ``method``, or ``method="norms"`` on a model the engine does not support (the message names the layer).
         FloatingPointError: NaN/inf logits or gradient norms.
         RuntimeError: the model draws random numbers in eval mode (per-example gradients are then undefined).
 
@@ -74,6 +99,8 @@ def grand(model: nn.Module, inputs: Tensor, targets: Tensor, *, chunk_size: int 
         )
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"grand: chunk_size must be a positive int or None, got {chunk_size!r}.")
+    if method not in GRAND_METHODS:
+        raise ValueError(f"grand: method must be one of {', '.join(map(repr, GRAND_METHODS))}, got {method!r}.")
     trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     if not trainable:
         raise ValueError("grand: the model has no parameter with requires_grad=True, so every gradient norm is 0.")
@@ -82,7 +109,52 @@ def grand(model: nn.Module, inputs: Tensor, targets: Tensor, *, chunk_size: int 
     check_targets(targets, batch, None, what="grand")
     if batch == 0:
         return torch.empty(0, dtype=next(iter(trainable.values())).dtype, device=leaves[0].device)
+    if method != "vmap":
+        reason = norms_support(model)
+        if reason is None:
+            with eval_mode(model), torch.enable_grad():
+                try:
+                    norms, logits = grand_norms(model, inputs, targets.long(), chunk_size=chunk_size)
+                except NormsUnsupportedError as err:
+                    reason = str(err)
+        if reason is None:
+            _check_finite(norms)
+            return norms
+        if method == "norms":
+            raise ValueError(
+                f"grand(method='norms'): the norm-only engine cannot score this model exactly: {reason}. Use "
+                "method='vmap' (any differentiable model; or method='auto', which falls back to it)."
+            )
+        warnings.warn(
+            f"grand: {reason}; scoring with the slower torch.func path (method='vmap'). Pass method='vmap' to "
+            "choose it explicitly.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return _grand_vmap(model, inputs, targets, batch, chunk_size, trainable, frozen, buffers)
 
+
+def _check_finite(norms: Tensor) -> None:
+    finite = torch.isfinite(norms)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise FloatingPointError(
+            f"grand: {bad} example(s) have NaN/inf gradient norms although their logits are finite (an overflow in "
+            "the backward pass, or a non-differentiable point such as sqrt(0) in the model). Score an earlier epoch, "
+            "lower the learning rate, or compute in float64 (`model.double()`)."
+        )
+
+
+def _grand_vmap(
+    model: nn.Module,
+    inputs: Any,
+    targets: Tensor,
+    batch: int,
+    chunk_size: int | None,
+    trainable: dict[str, Tensor],
+    frozen: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+) -> Tensor:
     def loss_of_one(params: dict[str, Tensor], x: Any, y: Tensor) -> tuple[Tensor, Tensor]:
         one = tree_map(lambda t: t.unsqueeze(0), x)
         logits = functional_call(model, (params, frozen, buffers), (one,), strict=False)  # [1, K]
@@ -121,12 +193,5 @@ def grand(model: nn.Module, inputs: Tensor, targets: Tensor, *, chunk_size: int 
             raise
     check_logits(logits, what="grand", batch_size=batch)
     check_targets(targets, batch, logits.shape[1], what="grand")
-    finite = torch.isfinite(norms)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise FloatingPointError(
-            f"grand: {bad} example(s) have NaN/inf gradient norms although their logits are finite (an overflow in "
-            "the backward pass, or a non-differentiable point such as sqrt(0) in the model). Score an earlier epoch, "
-            "lower the learning rate, or compute in float64 (`model.double()`)."
-        )
+    _check_finite(norms)
     return norms.detach()
