@@ -86,6 +86,14 @@ def default_seed() -> int | None:
         return None
 
 
+def epoch_completed(trainer: pl.Trainer) -> bool:
+    """Whether the training epoch in progress has trained its last batch (``False`` when ``max_steps`` or
+    ``should_stop`` ended it early, so that epoch must not be labelled completed). Valid in ``on_train_batch_end``
+    and ``on_train_epoch_end``."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return bool(progress.is_last_batch) or progress.current.ready >= trainer.num_training_batches
+
+
 def gather_by_index(trainer: pl.Trainer, values: Tensor, indices: Tensor, num_samples: int, fill: float) -> Tensor:
     """Assemble a dense ``[num_samples]`` tensor from per-rank ``(indices, values)``; positions are set by index,
     never by concatenation order (a ``DistributedSampler`` pads with repeats). Collective: call on every rank."""

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from typing_extensions import override
 
-from lightning_datadiet.callbacks._base import ScoreCallback, gather_by_index, resolve_module
+from lightning_datadiet.callbacks._base import ScoreCallback, epoch_completed, gather_by_index, resolve_module
 from lightning_datadiet.data.targets import batch_inputs_targets
 from lightning_datadiet.scores._checks import check_targets
 from lightning_datadiet.scores.grand import eval_mode
@@ -149,6 +149,8 @@ class PassScoreCallback(ScoreCallback):
         self._end_of_epoch(trainer, pl_module)
 
     def _end_of_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not epoch_completed(trainer):  # max_steps/should_stop ended the epoch early: it is not `completed`
+            return
         completed = trainer.current_epoch + 1
         if completed in self.epochs and completed not in self.scores_by_epoch:
             self.score_now(trainer, pl_module, epoch=completed)

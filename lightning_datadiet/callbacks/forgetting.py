@@ -12,10 +12,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_datadiet.callbacks._base import ScoreCallback, resolve_module
-from lightning_datadiet.data.targets import batch_inputs_targets
-from lightning_datadiet.data.tracking import SampleIndexTracker, install_tracking, uninstall_tracking
-from lightning_datadiet.scores._checks import check_targets
+from lightning_datadiet.callbacks._base import ScoreCallback
+from lightning_datadiet.callbacks._presentations import PresentationRecorder, adopt_state, epoch_completed
+from lightning_datadiet.callbacks._tb import log_full_histogram
 from lightning_datadiet.scores.forgetting import ForgettingState, forgetting_scores, forgetting_update
 
 __all__ = ["ForgettingCallback"]
@@ -82,39 +81,60 @@ class ForgettingCallback(ScoreCallback):
         if never_learned != never_learned:
             raise ValueError("never_learned must not be NaN (use inf, the official semantics, or a number).")
         self.never_learned = never_learned
+        self._dirpath_arg, self._seed_arg = self.dirpath, self.seed
         self.state: ForgettingState | None = None
         self.labels: Tensor | None = None  # int32 [N], -1 = never presented
-        self._tracker = SampleIndexTracker()
-        self._hook: Any = None
-        self._indices: Tensor | None = None
-        self._logits: Tensor | None = None
-        self._capturing = False
-        # presentations of the current epoch on this rank, in order (dense, reused)
-        self._buf_idx = torch.empty(0, dtype=torch.int64)
-        self._buf_correct: Tensor | None = None
-        self._buf_valid = torch.empty(0, dtype=torch.bool)
-        self._buf_len = 0
-        self.skipped_presentations = 0  # presentations with NaN/inf logits, not counted (this process)
+        self._recorder = PresentationRecorder(
+            "ForgettingCallback",
+            _correctness,
+            logits_module=logits_module,
+            input_key=input_key,
+            target_key=target_key,
+        )
+        self._finished_epoch: int | None = None
+        self._legacy_restore = False
+
+    @property
+    def skipped_presentations(self) -> int:
+        """Presentations with NaN/inf logits, not counted (this fit)."""
+        return self._recorder.skipped_presentations
+
+    @property
+    def completed_epochs(self) -> int:
+        """Training epochs completed so far and counted (an epoch cut by ``max_steps`` is not completed)."""
+        return self._recorder.completed_epochs
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(method=self.method, epochs=self.epochs)
+        # Neither `epochs` (snapshots only) nor other arguments: a resumed fit finds its counts whatever they are.
+        return self._generate_state_key(method=self.method)
 
     # ------------------------------------------------------------------ setup
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # a new fit starts fresh; a resumed one gets its state back in load_state_dict (after setup)
+            self._fresh_fit()
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
-            install_tracking(trainer, self._tracker)
+            self._recorder.setup(trainer)
+
+    def _fresh_fit(self) -> None:
+        self.state, self.labels = None, None
+        self.scores_by_epoch, self.score_paths = {}, {}
+        self.label_fingerprint, self.num_samples, self._restored = None, None, False
+        self.dirpath, self.seed = self._dirpath_arg, self._seed_arg
+        self._recorder.reset()
+        self._finished_epoch, self._legacy_restore = None, False
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            uninstall_tracking(trainer)
-            if self._hook is not None:
-                self._hook.remove()
-                self._hook = None
+            self._recorder.teardown(trainer)
+
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        adopt_state(self, checkpoint)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -128,138 +148,63 @@ class ForgettingCallback(ScoreCallback):
             )
         if self.labels is None:
             self.labels = torch.full((num_samples,), -1, dtype=torch.int32)
-        self.labels = self.labels.to(pl_module.device)
+        if self._legacy_restore:  # a checkpoint of an older version: it was saved at an epoch end
+            self._recorder.completed_epochs = trainer.current_epoch
+            self._legacy_restore = False
         self.num_samples = num_samples
-        module = resolve_module(pl_module, self.logits_module)
-        if self._hook is None:
-            self._hook = module.register_forward_hook(self._capture)
-
-    def _capture(self, module: Any, args: Any, output: Any) -> None:
-        if not self._capturing or self._logits is not None or self._indices is None:
-            return
-        if isinstance(output, Tensor) and output.ndim == 2 and output.is_floating_point():
-            if output.shape[0] == self._indices.numel():
-                self._logits = output.detach()
+        self._recorder.on_train_start(trainer, pl_module)
 
     # ------------------------------------------------------------------ per batch
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._indices = self._tracker.pop()
-        self._logits = None
-        self._capturing = True
+        self._recorder.on_train_batch_start()
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._capturing = False
-        indices, logits = self._indices, self._logits
-        self._indices, self._logits = None, None
-        assert indices is not None and self.labels is not None
-        if logits is None and isinstance(outputs, dict) and isinstance(outputs.get("logits"), Tensor):
-            logits = outputs["logits"].detach()
-        if logits is None:
-            raise RuntimeError(
-                "ForgettingCallback saw no [B, K] logits for this training batch. The logits are read with a forward "
-                f"hook on {self.logits_module or 'the LightningModule'}: if training_step calls a submodule directly "
-                "(e.g. self.net(x)), pass logits_module='net'; or return {'loss': loss, 'logits': logits}."
-            )
-        _, targets = batch_inputs_targets(batch, input_key=self.input_key, target_key=self.target_key)
-        targets = targets.to(logits.device)
-        check_targets(targets, indices.numel(), logits.shape[1], what="ForgettingCallback")
-        if logits.shape[0] != indices.numel():
-            raise RuntimeError(
-                f"ForgettingCallback: the batch holds {indices.numel()} dataset items but the logits have "
-                f"{logits.shape[0]} rows."
-            )
-        correct = logits.argmax(dim=1) == targets  # [B] bool, stays on device: no sync per batch
-        valid = torch.isfinite(logits).all(dim=1)  # NaN/inf rows (e.g. a skipped AMP step) are not presentations
-        self._append(indices, correct, valid)
-        self.labels[indices.to(self.labels.device, non_blocking=True)] = targets.to(torch.int32)
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            self._flush(trainer)
+        self._recorder.on_train_batch_end(outputs, batch)
+        if epoch_completed(trainer):
+            self._finish_epoch(trainer)
 
-    def _append(self, indices: Tensor, correct: Tensor, valid: Tensor) -> None:
-        n = indices.numel()
-        need = self._buf_len + n
-        if self._buf_correct is None or self._buf_correct.device != correct.device:
-            self._buf_correct = torch.empty(0, dtype=torch.bool, device=correct.device)
-            self._buf_valid = torch.empty(0, dtype=torch.bool, device=correct.device)
-        if need > self._buf_idx.numel() or need > self._buf_correct.numel():
-            capacity = max(need, 2 * self._buf_idx.numel(), 1024)
-            # int32 indices (4 bytes per presentation) unless the dataset is too large for them
-            idx_dtype = torch.int32 if (self.num_samples or 0) < 2**31 else torch.int64
-            grown_idx = torch.empty(capacity, dtype=idx_dtype)
-            grown_idx[: self._buf_len] = self._buf_idx[: self._buf_len]
-            grown_c = torch.empty(capacity, dtype=torch.bool, device=correct.device)
-            grown_c[: self._buf_len] = self._buf_correct[: self._buf_len]
-            grown_v = torch.empty(capacity, dtype=torch.bool, device=correct.device)
-            grown_v[: self._buf_len] = self._buf_valid[: self._buf_len]
-            self._buf_idx, self._buf_correct, self._buf_valid = grown_idx, grown_c, grown_v
-        self._buf_idx[self._buf_len : need] = indices
-        self._buf_correct[self._buf_len : need] = correct
-        self._buf_valid[self._buf_len : need] = valid
-        self._buf_len = need
-
-    def _flush(self, trainer: pl.Trainer) -> None:
-        """Apply this epoch's presentations of every rank, in (position, rank) order. Collective."""
-        assert self.state is not None
-        idx = self._buf_idx[: self._buf_len].long()
-        empty = torch.empty(0, dtype=torch.bool)
-        correct = self._buf_correct[: self._buf_len].cpu() if self._buf_correct is not None else empty
-        valid = self._buf_valid[: self._buf_len].cpu() if self._buf_correct is not None else empty
-        self._buf_len = 0
-        skipped = int((~valid).sum())
-        if skipped:
-            self.skipped_presentations += skipped
-            rank_zero_warn(
-                f"ForgettingCallback: {skipped} presentation(s) this epoch had NaN/inf logits (a diverging model, or "
-                "fp16 overflow in a step that mixed precision skips); they are not counted as correct or incorrect. "
-                "If training diverged, lower the learning rate or clip gradients: the forgetting counts are unreliable."
-            )
-        if trainer.world_size > 1:
-            device = trainer.strategy.root_device
-            code = torch.where(valid, idx * 2 + correct.long(), -1).to(device)  # index and correctness in one gather
-            count = torch.tensor([code.numel()], device=device)
-            longest = int(trainer.strategy.all_gather(count).max())
-            padded = torch.full((longest,), -1, dtype=torch.int64, device=device)
-            padded[: code.numel()] = code
-            gathered = trainer.strategy.all_gather(padded).cpu()  # [W, L]
-            merged = gathered.t().reshape(-1)  # position-major, then rank
-            merged = merged[merged >= 0]
-            idx, correct = merged // 2, (merged % 2).bool()
-        else:
-            idx, correct = idx[valid], correct[valid]
-        forgetting_update(self.state, idx, correct)
+    def _finish_epoch(self, trainer: pl.Trainer) -> None:
+        """Apply the completed epoch's presentations of every rank, in (position, rank) order. Collective."""
+        if self._finished_epoch == trainer.current_epoch:
+            return
+        self._finished_epoch = trainer.current_epoch
+        assert self.state is not None and self.labels is not None
+        merged = self._recorder.finish_epoch(trainer)
+        if merged is not None:
+            self.labels[merged["index"]] = merged["label"]
+            forgetting_update(self.state, merged["index"], merged["correct"])
+        completed = self._recorder.completed_epochs
+        if completed in self.epochs and completed not in self.scores_by_epoch:
+            self._record_now(trainer, completed)
 
     # ------------------------------------------------------------------ epoch / fit end
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._buf_len or trainer.world_size > 1 and self._needs_flush(trainer):
-            self._flush(trainer)
-        completed = trainer.current_epoch + 1
-        if completed in self.epochs and completed not in self.scores_by_epoch:
-            self._record_now(trainer, completed)
-
-    def _needs_flush(self, trainer: pl.Trainer) -> bool:
-        # every rank must take part in the gather when any rank has pending presentations
-        pending = torch.tensor([self._buf_len], device=trainer.strategy.root_device)
-        return bool(trainer.strategy.all_gather(pending).sum() > 0)
+        if epoch_completed(trainer):  # e.g. an epoch whose batches all came before a resume
+            self._finish_epoch(trainer)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.state is None:
             return
-        completed = trainer.current_epoch
+        self._recorder.discard_unfinished(trainer, "the forgetting counts")
+        completed = self._recorder.completed_epochs
         if completed not in self.scores_by_epoch:
             self._record_now(trainer, completed)
+        missed = [e for e in self.epochs if e not in self.scores_by_epoch]
+        if missed:
+            rank_zero_warn(
+                f"ForgettingCallback: the fit completed {completed} epoch(s), so snapshot epoch(s) {missed} were never "
+                "reached. Train longer or lower `epochs`."
+            )
 
     def _record_now(self, trainer: pl.Trainer, epoch: int) -> None:
         assert self.state is not None and self.labels is not None
-        labels = self.labels
-        if trainer.world_size > 1:
-            labels = trainer.strategy.all_gather(labels).max(dim=0).values
-        labels = labels.cpu().long()
+        labels = self.labels.long()
         unseen = int((labels < 0).sum())  # counted before the labels of unseen examples are filled in
         labels = self._fill_unseen_labels(trainer, labels)
         if unseen:
@@ -269,9 +214,13 @@ class ForgettingCallback(ScoreCallback):
             )
         self._record(trainer, epoch, forgetting_scores(self.state, never_learned=self.never_learned), labels)
 
+    def _log_histogram(self, trainer: pl.Trainer, epoch: int, scores: Tensor) -> None:
+        log_full_histogram(trainer, self.method, scores, epoch, inf_name="never-learned")
+
     def _file_extra(self, trainer: pl.Trainer) -> dict[str, Any]:
         extra = super()._file_extra(trainer)
         extra["never_learned"] = str(self.never_learned)
+        extra["completed_epochs"] = self._recorder.completed_epochs
         return extra
 
     # ------------------------------------------------------------------ checkpoint state
@@ -283,6 +232,7 @@ class ForgettingCallback(ScoreCallback):
         if self.labels is not None:
             state["labels"] = self.labels.cpu()
         state["never_learned"] = self.never_learned
+        state["presentations"] = self._recorder.state_dict()  # collective under DDP (Lightning calls it on all ranks)
         return state
 
     @override
@@ -294,3 +244,11 @@ class ForgettingCallback(ScoreCallback):
             self.state.load_state_dict(state_dict["forgetting"])
         if "labels" in state_dict:
             self.labels = state_dict["labels"].to(torch.int32).clone()
+        if "presentations" in state_dict:
+            self._recorder.load_state_dict(state_dict["presentations"], self._recorder._trainer)
+        else:
+            self._legacy_restore = True
+
+
+def _correctness(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    return {"correct": logits.argmax(dim=1) == targets}  # [B] bool, stays on the device: no sync per batch
