@@ -1,7 +1,8 @@
 """lightning-datadiet: find the training examples that matter, early in training, and train on less data.
 
 Public API: the score functions (:func:`el2n`, :func:`grand`), the Lightning callbacks that compute them for
-every training example (:class:`EL2NCallback`, :class:`GraNdCallback`, :class:`ForgettingCallback`), score files
+every training example (:class:`EL2NCallback`, :class:`GraNdCallback`, :class:`ForgettingCallback`,
+:class:`TrainingDynamicsCallback`), score files
 (:func:`save_scores`, :func:`load_scores`, :func:`average_scores`), the selection rules
 (:mod:`lightning_datadiet.selection`), :class:`PrunedDataModule`, and the analyses (:mod:`lightning_datadiet.analysis`).
 """
@@ -9,7 +10,12 @@ every training example (:class:`EL2NCallback`, :class:`GraNdCallback`, :class:`F
 __version__ = "0.1.0"
 
 from lightning_datadiet import selection  # noqa: E402
-from lightning_datadiet.callbacks import EL2NCallback, ForgettingCallback, GraNdCallback  # noqa: E402
+from lightning_datadiet.callbacks import (  # noqa: E402
+    EL2NCallback,
+    ForgettingCallback,
+    GraNdCallback,
+    TrainingDynamicsCallback,
+)
 from lightning_datadiet.data.pruned import PrunedDataModule  # noqa: E402
 from lightning_datadiet.scores import el2n, grand  # noqa: E402
 from lightning_datadiet.store import (  # noqa: E402
@@ -28,6 +34,7 @@ __all__ = [
     "EL2NCallback",
     "GraNdCallback",
     "ForgettingCallback",
+    "TrainingDynamicsCallback",
     "PrunedDataModule",
     "selection",
     "ScoreFile",

@@ -18,13 +18,14 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from typing_extensions import override
 
-from lightning_datadiet.callbacks._base import epoch_completed, resolve_module
+from lightning_datadiet.callbacks._base import ScoreCallback, epoch_completed, resolve_module
 from lightning_datadiet.data.targets import batch_inputs_targets
 from lightning_datadiet.data.tracking import SampleIndexTracker, install_tracking, uninstall_tracking
 from lightning_datadiet.scores._checks import check_targets
 
-__all__ = ["PresentationRecorder", "epoch_completed", "adopt_state"]  # epoch_completed re-exported from _base
+__all__ = ["PresentationRecorder", "TrainingPassCallback", "epoch_completed", "adopt_state"]  # epoch_completed re-exported from _base
 
 Compute = Callable[[Tensor, Tensor], dict[str, Tensor]]
 
@@ -97,6 +98,7 @@ class PresentationRecorder:
         """Forget everything (a new fit that does not resume from a checkpoint)."""
         self.tracker._pending.clear()
         self.tracker.plan, self.tracker.resume, self.tracker.resume_mismatch = None, None, False
+        self.tracker.resume_epoch = None
         self.completed_epochs = 0
         self.batches_done = 0  # batches of the current epoch trained on this rank
         self._chunks: list[tuple[Tensor, dict[str, Tensor]]] = []  # (indices on CPU, values on device) per batch
@@ -281,6 +283,7 @@ class PresentationRecorder:
         self.completed_epochs = int(state.get("completed_epochs", 0))
         self.batches_done = int(state.get("batches_done", 0))
         self._chunks = []
+        self.tracker.resume_epoch = self.completed_epochs
         buffer = state.get("epoch_buffer")
         if buffer is None or self.batches_done == 0:
             return
@@ -298,3 +301,192 @@ class PresentationRecorder:
         indices = values.pop("index").long()
         self._chunks = [(indices, values)]
         self.tracker.resume = (self.batches_done, indices.clone())
+
+
+class TrainingPassCallback(ScoreCallback):
+    """Base of the score callbacks computed from the training forward passes (forgetting, training dynamics).
+
+    It owns a :class:`PresentationRecorder` and the hook glue: a new fit starts fresh (a resumed one gets its state
+    back from the checkpoint), each completed epoch's presentations of all ranks are handed to :meth:`_apply` in
+    order, snapshots are recorded after the completed epochs in ``epochs`` and the final scores at the end of the
+    fit (labelled with the completed epochs). Subclasses implement ``_init_state``, ``_reset_state``, ``_apply``,
+    ``_record_now`` and optionally ``_extra_state`` / ``_load_extra_state``.
+    """
+
+    def __init__(self, epochs: Any, *, compute: Compute, **kwargs: Any) -> None:
+        super().__init__(epochs, allow_no_epochs=True, **kwargs)
+        if 0 in self.epochs:
+            raise ValueError(f"{type(self).__name__}: epoch 0 has no presentations to count; use epochs >= 1.")
+        self._dirpath_arg, self._seed_arg = self.dirpath, self.seed
+        self.labels: Tensor | None = None  # int32 [N], -1 = never presented
+        self._recorder = PresentationRecorder(
+            type(self).__name__,
+            compute,
+            logits_module=self.logits_module,
+            input_key=self.input_key,
+            target_key=self.target_key,
+        )
+        self._finished_epoch: int | None = None
+        self._legacy_restore = False
+
+    # subclass interface ------------------------------------------------------------------------------------
+    def _init_state(self, num_samples: int) -> None:
+        raise NotImplementedError
+
+    def _state_size(self) -> int | None:
+        raise NotImplementedError
+
+    def _reset_state(self) -> None:
+        raise NotImplementedError
+
+    def _apply(self, merged: dict[str, Tensor]) -> None:
+        raise NotImplementedError
+
+    def _record_now(self, trainer: pl.Trainer, epoch: int) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------------------
+    @property
+    def skipped_presentations(self) -> int:
+        """Presentations with NaN/inf logits, not counted (this fit)."""
+        return self._recorder.skipped_presentations
+
+    @property
+    def completed_epochs(self) -> int:
+        """Training epochs completed so far and counted (an epoch cut short by ``max_steps`` is not completed)."""
+        return self._recorder.completed_epochs
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # Neither `epochs` (snapshots only) nor other arguments: a resumed fit finds its state whatever they are.
+        return self._generate_state_key(method=self.method)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # a new fit starts fresh; a resumed one gets its state back in load_state_dict (after setup)
+            self._fresh_fit()
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._recorder.setup(trainer)
+
+    def _fresh_fit(self) -> None:
+        self._reset_state()
+        self.labels = None
+        self.scores_by_epoch, self.score_paths = {}, {}
+        self.label_fingerprint, self.num_samples, self._restored = None, None, False
+        self.dirpath, self.seed = self._dirpath_arg, self._seed_arg
+        self._recorder.reset()
+        self._finished_epoch, self._legacy_restore = None, False
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._recorder.teardown(trainer)
+
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        adopt_state(self, checkpoint)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        num_samples = len(self._train_dataset(trainer))
+        size = self._state_size()
+        if size is None:
+            self._init_state(num_samples)
+        elif size != num_samples:
+            raise ValueError(
+                f"{type(self).__name__}: the restored state covers {size} examples but the training set has "
+                f"{num_samples}. Resume with the same dataset."
+            )
+        if self.labels is None:
+            self.labels = torch.full((num_samples,), -1, dtype=torch.int32)
+        if self._legacy_restore:  # a checkpoint of an older version: it was saved at an epoch end
+            self._recorder.completed_epochs = trainer.current_epoch
+            self._legacy_restore = False
+        self.num_samples = num_samples
+        self._recorder.on_train_start(trainer, pl_module)
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._recorder.on_train_batch_start()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._recorder.on_train_batch_end(outputs, batch)
+        if epoch_completed(trainer):
+            self._finish_epoch(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if epoch_completed(trainer):  # e.g. an epoch whose batches all came before a resume
+            self._finish_epoch(trainer)
+
+    def _finish_epoch(self, trainer: pl.Trainer) -> None:
+        """Apply the completed epoch's presentations of every rank, in (position, rank) order. Collective."""
+        if self._finished_epoch == trainer.current_epoch:
+            return
+        self._finished_epoch = trainer.current_epoch
+        assert self.labels is not None
+        merged = self._recorder.finish_epoch(trainer)
+        if merged is not None and merged["index"].numel():
+            self.labels[merged["index"]] = merged["label"]
+            self._apply(merged)
+        completed = self._recorder.completed_epochs
+        if completed in self.epochs and completed not in self.scores_by_epoch:
+            self._record_now(trainer, completed)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._state_size() is None:
+            return
+        self._recorder.discard_unfinished(trainer, "the scores")
+        completed = self._recorder.completed_epochs
+        if completed not in self.scores_by_epoch:
+            self._record_now(trainer, completed)
+        missed = [e for e in self.epochs if e not in self.scores_by_epoch]
+        if missed:
+            rank_zero_warn(
+                f"{type(self).__name__}: the fit completed {completed} epoch(s), so snapshot epoch(s) {missed} were "
+                "never reached. Train longer or lower `epochs`."
+            )
+
+    def _labels_for_record(self, trainer: pl.Trainer) -> tuple[Tensor, int]:
+        """Dense int64 labels (unseen ones filled from the dataset when it can tell) and the number never presented."""
+        assert self.labels is not None
+        labels = self.labels.long()
+        unseen = int((labels < 0).sum())
+        return self._fill_unseen_labels(trainer, labels), unseen
+
+    def _file_extra(self, trainer: pl.Trainer) -> dict[str, Any]:
+        extra = super()._file_extra(trainer)
+        extra["completed_epochs"] = self._recorder.completed_epochs
+        return extra
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.labels is not None:
+            state["labels"] = self.labels.cpu()
+        state.update(self._extra_state())
+        state["presentations"] = self._recorder.state_dict()  # collective under DDP (Lightning calls it on all ranks)
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "labels" in state_dict:
+            self.labels = state_dict["labels"].to(torch.int32).clone()
+        self._load_extra_state(state_dict)
+        if "presentations" in state_dict:
+            self._recorder.load_state_dict(state_dict["presentations"], self._recorder._trainer)
+        else:
+            self._legacy_restore = True

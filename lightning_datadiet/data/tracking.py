@@ -38,6 +38,10 @@ class SampleIndexTracker:
         #: set when a resume could not skip because the sampler produced another order (reported by the owner)
         self.resume_mismatch = False
         self.loader_stateful = False
+        #: after a resume: the epoch the first pass belongs to. Lightning creates the first iterator before it calls
+        #: ``set_epoch`` for the resumed epoch, and a DataLoader with workers draws its first indices right then, so a
+        #: fresh sampler would give epoch 0's order; the tracking sampler sets the epoch first.
+        self.resume_epoch: int | None = None
 
     def start_iteration(self) -> None:
         """A new pass over the loader began: batches produced but never consumed by the previous pass are dropped."""
@@ -89,6 +93,12 @@ class _TrackingBatchSampler(BatchSampler):
         trackers = type(self).trackers
         for tracker in trackers:
             tracker.start_iteration()
+        epochs = [t.resume_epoch for t in trackers if t.resume_epoch is not None]
+        for tracker in trackers:
+            tracker.resume_epoch = None
+        set_epoch = getattr(self.sampler, "set_epoch", None)
+        if epochs and callable(set_epoch):
+            set_epoch(epochs[0])
         batches = self._batches()
         resumes = [t.resume for t in trackers if t.resume is not None]
         for tracker in trackers:
