@@ -1,7 +1,10 @@
 """The training-pass callbacks under 2-process CPU DDP (gloo), through one harness (tests/scripts/ddp_training_pass.py):
-every rank holds the scripted reference over all examples (the DistributedSampler's padding included), and a fit
-stopped inside an epoch right after a checkpoint, then resumed, gives the same results as an uninterrupted one."""
+every rank holds the scripted reference over all examples (the DistributedSampler's padding and the pruned epochs
+included), both ranks skip the same examples, and a fit stopped inside an epoch right after a checkpoint, then
+resumed, gives the same results as an uninterrupted one. A new callback: one line in the script's ``CALLBACKS`` and
+its reference in ``REFERENCES``."""
 
+import math
 import os
 import subprocess
 import sys
@@ -9,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn import functional as F
 
-from tiny import expected_dynamics, expected_forgetting, scripted_logits
+from tiny import expected_dynamics, scripted_logits
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_training_pass.py"
-N, EPOCHS = 23, 4
+N, EPOCHS, K = 23, 4, 3
 pytestmark = pytest.mark.slow
 
 
@@ -25,34 +29,60 @@ def _multiplicity(presented: dict) -> torch.Tensor:
 
 
 def _forgetting(logits, mult):
-    return {"forgetting": expected_forgetting(logits.argmax(2) == torch.arange(N) % 3)}
+    correct = logits.argmax(2) == torch.arange(N) % K
+    out = torch.zeros(N)
+    for i in range(N):
+        seq = [bool(correct[e, i]) for e in range(EPOCHS) if mult[e, i] > 0]
+        out[i] = sum(a and not b for a, b in zip(seq, seq[1:])) if any(seq) else math.inf
+    return {"forgetting": out}
+
+
+def _pruning(logits, mult):
+    labels = torch.arange(N) % K
+    expected = {f"skipped_{e}": mult[e] == 0 for e in range(EPOCHS)}
+    latest = torch.full((N,), float("nan"))
+    for e in range(EPOCHS):
+        ids = (mult[e] > 0).nonzero().flatten()
+        latest[ids] = F.cross_entropy(logits[e, ids], labels[ids], reduction="none")
+    expected["losses"] = latest
+    return expected
 
 
 REFERENCES = {  # name -> (logits [E, N, K], multiplicity [E, N]) -> {result: expected}
     "forgetting": _forgetting,
     "dynamics": lambda logits, mult: expected_dynamics(logits, 3, mult),
+    "pruning": _pruning,
 }
 
 
-def _run(out, name, mode):
+def _run(out, mode):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), name, mode], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), mode], env=env, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return [torch.load(out / f"{mode}_rank{r}.pt") for r in (0, 1)]
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCES))
-def test_ddp_scores_equal_reference_and_mid_epoch_resume(tmp_path, name):
-    full = _run(tmp_path / "full", name, "full")
+def test_ddp_training_pass_callbacks_equal_references_and_resume_mid_epoch(tmp_path):
+    full = _run(tmp_path / "full", "full")
     mult = sum(_multiplicity(r["presented"]) for r in full)
-    assert int(mult.sum()) == EPOCHS * 24 and int(mult.max()) == 2  # one padded repeat per epoch
-    expected = REFERENCES[name](scripted_logits(EPOCHS, N, seed=11), mult)
-    for rank in full:
-        for key, value in rank["results"].items():
-            torch.testing.assert_close(value, expected[key].float(), rtol=1e-5, atol=2e-6, equal_nan=True)
-    _run(tmp_path / "split", name, "part")
-    resumed = _run(tmp_path / "split", name, "resume")
+    assert int(mult[0].sum()) == 24 and int(mult[0].max()) == 2  # the padded repeat
+    assert (mult[1:3] == 0).any() and bool((mult[3] > 0).all())  # pruned epochs, then annealing uses all data
+    logits = scripted_logits(EPOCHS, N, seed=11)
+    assert set(full[0]["results"]) == set(REFERENCES)
+    for name, reference in REFERENCES.items():
+        expected = reference(logits, mult)
+        for rank in full:
+            for key, value in rank["results"][name].items():
+                torch.testing.assert_close(value, expected[key].to(value.dtype), rtol=1e-5, atol=2e-6, equal_nan=True,
+                                           msg=f"{name}/{key}")  # fmt: skip
+    _run(tmp_path / "split", "part")
+    state = torch.load(tmp_path / "split" / "ckpt" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 9
+    assert all(s["presentations"]["batches_done"] > 0 for s in state["callbacks"].values() if "presentations" in s)
+    resumed = _run(tmp_path / "split", "resume")
     for rank_full, rank_resumed in zip(full, resumed):
-        for key, value in rank_full["results"].items():
-            torch.testing.assert_close(rank_resumed["results"][key], value, rtol=0, atol=0, equal_nan=True)
+        for name, values in rank_full["results"].items():
+            for key, value in values.items():
+                torch.testing.assert_close(rank_resumed["results"][name][key], value, rtol=0, atol=0, equal_nan=True,
+                                           msg=f"{name}/{key}")  # fmt: skip

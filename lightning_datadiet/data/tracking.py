@@ -29,9 +29,10 @@ class SampleIndexTracker:
         self.owner = owner  # named in error messages
         self._pending: deque[list[int]] = deque()
         self.epochs_started = 0
-        #: ``plan(sampler) -> indices``: this epoch's index stream for this rank (e.g. with pruned items omitted);
-        #: ``None`` = the sampler's own stream. Set by a callback before the epoch's iterator starts.
-        self.plan: Callable[[Any], list[int]] | None = None
+        #: ``plan(sampler) -> indices | None``: this epoch's index stream for this rank (e.g. with pruned items
+        #: omitted); ``None`` (or a plan returning ``None``) = the sampler's own stream. Called for ``len()`` and at the
+        #: start of each pass, so it must return the same list for the same epoch.
+        self.plan: Callable[[Any], list[int] | None] | None = None
         #: ``(batches, indices)`` after a mid-epoch resume: the next pass skips that many batches when they hold
         #: exactly ``indices`` (the interrupted run's presentations of this epoch), so it continues where it stopped.
         self.resume: tuple[int, Tensor] | None = None
@@ -69,7 +70,7 @@ class _TrackingBatchSampler(BatchSampler):
 
     trackers: list[SampleIndexTracker]
 
-    def _plan(self) -> Callable[[Any], list[int]] | None:
+    def _plan(self) -> Callable[[Any], list[int] | None] | None:
         plans = [t.plan for t in type(self).trackers if t.plan is not None]
         if len(plans) > 1:
             raise RuntimeError("Two callbacks try to choose the training batches (e.g. two DynamicPruningCallbacks).")
@@ -77,11 +78,12 @@ class _TrackingBatchSampler(BatchSampler):
 
     def _batches(self) -> Iterator[list[int]]:
         plan = self._plan()
-        if plan is None:
+        indices = plan(self.sampler) if plan is not None else None
+        if indices is None:
             yield from super().__iter__()
             return
         batch: list[int] = []
-        for index in plan(self.sampler):
+        for index in indices:
             batch.append(int(index))
             if len(batch) == self.batch_size:
                 yield batch
@@ -118,9 +120,10 @@ class _TrackingBatchSampler(BatchSampler):
 
     def __len__(self) -> int:
         plan = self._plan()
-        if plan is None:
+        indices = plan(self.sampler) if plan is not None else None
+        if indices is None:
             return super().__len__()
-        n = len(plan(self.sampler))
+        n = len(indices)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 

@@ -2,11 +2,12 @@
 tests/test_training_pass_ddp.py. A new callback gets its DDP check by adding a line to ``CALLBACKS`` (and its
 reference to the test's ``REFERENCES``).
 
-usage: python ddp_training_pass.py OUT_DIR NAME {full|part|resume}
+usage: python ddp_training_pass.py OUT_DIR {full|part|resume}
 
-Scripted logits (tests/tiny.py) on 23 examples in batches of 3 (the DistributedSampler pads one repeat per epoch).
-``part`` stops at max_steps=10, inside epoch 2, right after a checkpoint; ``resume`` continues from it. Each rank
-saves its callback results and the index lists its sampler produced per epoch (the reference's multiplicities).
+All callbacks of ``CALLBACKS`` in one fit. Scripted logits (tests/tiny.py) on 23 examples in batches of 3 (the
+DistributedSampler pads one repeat per epoch; the pruning callback skips examples in epochs 1-2). ``part`` stops at
+max_steps=9, inside epoch 2, right after a checkpoint; ``resume`` continues from it. Each rank saves every callback's
+results and the example ids of the batches it trained per epoch (the references' multiplicities).
 """
 
 import sys
@@ -40,7 +41,8 @@ def results(cb) -> dict:
         return {k: v.clone() for k, v in cb.scores.items()}
     if isinstance(cb, dd.ForgettingCallback):
         return {"forgetting": cb.scores.clone()}
-    return {"skipped": {e: m.clone() for e, m in cb.skipped_by_epoch.items()}, "losses": cb.latest_loss.clone()}
+    skipped = {f"skipped_{e}": m.clone() for e, m in cb.skipped_by_epoch.items()}
+    return {**skipped, "losses": cb.latest_loss.clone()}
 
 
 class RecordSampler(Callback):
@@ -52,22 +54,23 @@ class RecordSampler(Callback):
         self.epochs.setdefault(trainer.current_epoch, []).extend(x[:, 0].round().long().tolist())
 
 
-def main(out: Path, name: str, mode: str) -> None:
+def main(out: Path, mode: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(0)
-    cb = CALLBACKS[name](out)
+    cbs = {name: make(out) for name, make in CALLBACKS.items()}
     rec = RecordSampler()
-    ckpt = ModelCheckpoint(dirpath=out / "ckpt", save_last=True, every_n_train_steps=5)
+    ckpt = ModelCheckpoint(dirpath=out / "ckpt", save_last=True, every_n_train_steps=3)
     trainer = Trainer(
         accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=out, max_epochs=EPOCHS, callbacks=[cb, rec, ckpt],
-        max_steps=10 if mode == "part" else -1,
+        enable_model_summary=False, default_root_dir=out, max_epochs=EPOCHS, callbacks=[*cbs.values(), rec, ckpt],
+        max_steps=9 if mode == "part" else -1,
     )  # fmt: skip
     loader = DataLoader(scripted_data(N), batch_size=BATCH, shuffle=True, num_workers=1)
     ckpt_path = out / "ckpt" / "last.ckpt" if mode == "resume" else None
     trainer.fit(ScriptedLogitsModule(scripted_logits(EPOCHS, N, seed=11)), train_dataloaders=loader, ckpt_path=ckpt_path)
-    torch.save({"results": results(cb), "presented": rec.epochs}, out / f"{mode}_rank{trainer.global_rank}.pt")
+    saved = {name: results(cb) for name, cb in cbs.items()}
+    torch.save({"results": saved, "presented": rec.epochs}, out / f"{mode}_rank{trainer.global_rank}.pt")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
+    main(Path(sys.argv[1]), sys.argv[2])
