@@ -199,3 +199,44 @@ def test_bad_arguments():
         TrainingDynamicsCallback(window=1)
     with pytest.raises(ValueError, match="epoch 0"):
         TrainingDynamicsCallback(epochs=[0])
+
+
+def test_data_map_from_score_files_undoes_the_orientation(tmp_path):
+    from lightning_datadiet.analysis.datamap import data_map_from_files
+
+    n = 30
+    cb = TrainingDynamicsCallback(metrics=["confidence", "variability", "correctness"], dirpath=tmp_path / "s")
+    _trainer(tmp_path, [cb], 3).fit(ScriptedLogitsModule(scripted_logits(3, n, seed=9)),
+                                     train_dataloaders=DataLoader(scripted_data(n), batch_size=5))  # fmt: skip
+    files = list(cb.score_paths[3].values())
+    import lightning_datadiet.analysis.datamap as dm_mod
+
+    seen = {}
+    original = dm_mod.plot_data_map
+
+    def spy(conf, var, corr, corrupted, **kw):
+        seen.update(conf=conf, var=var, corr=corr)
+        return original(conf, var, corr, corrupted, **kw)
+
+    dm_mod.plot_data_map = spy
+    try:
+        path = data_map_from_files(files, tmp_path / "map.png", corrupted=[0, 1])
+    finally:
+        dm_mod.plot_data_map = original
+    assert path.exists() and path.read_bytes()[:4] == b"\x89PNG"
+    assert torch.equal(seen["conf"], cb.scores["confidence"]) and torch.equal(seen["corr"], cb.scores["correctness"])
+    assert data_map_from_files(files[2:], tmp_path / "none.png") is None  # no confidence: nothing to draw
+
+
+@pytest.mark.slow
+def test_demo_outputs_hold_a_data_map_png(tmp_path):
+    from lightning_datadiet.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["demo", "--output_dir", str(out), "--label_noise", "[0.2]", "--epochs", "2", "--model", "mlp",
+               "--width", "16", "--methods", "[el2n]", "--el2n_epoch", "1", "--num_runs", "1", "--keep_fractions",
+               "[0.5]", "--rules", "[highest]", "--seeds", "[0]", "--select_on_val", "false", "--tensorboard", "false",
+               "--progress_bar", "false"])  # fmt: skip
+    assert rc in (0, None)
+    maps = list(out.glob("data_map_*.png"))
+    assert len(maps) == 1 and maps[0].read_bytes()[:4] == b"\x89PNG"

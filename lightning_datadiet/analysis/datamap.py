@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["data_map_figure", "plot_data_map"]
+__all__ = ["data_map_figure", "plot_data_map", "data_map_from_files"]
 
 
 def _vector(values: Any, name: str, n: int | None) -> Tensor:
@@ -114,3 +114,26 @@ def plot_data_map(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     return out
+
+
+def data_map_from_files(
+    files: Any, path: str | os.PathLike, *, corrupted: Any = None, title: str | None = None
+) -> Path | None:
+    """The data map from score files (or loaded ``ScoreFile`` objects) written by ``TrainingDynamicsCallback``.
+
+    Picks the files whose ``method`` is ``confidence`` and ``variability`` (and ``correctness`` for the colour),
+    undoes the storage orientation (files store confidence and correctness negated so that higher = harder) and writes
+    the PNG. Returns ``None`` when confidence or variability is missing (nothing to draw).
+    """
+    from lightning_datadiet.store import ScoreFile, load_scores
+
+    loaded = [f if isinstance(f, ScoreFile) else load_scores(f) for f in files]
+    by_method: dict[str, Tensor] = {}
+    for f in loaded:
+        if f.method in ("confidence", "variability", "correctness") and f.method not in by_method:
+            sign = -1.0 if f.extra.get("stored") == "negated" else 1.0
+            by_method[f.method] = sign * f.scores
+    if not {"confidence", "variability"} <= set(by_method):
+        return None
+    return plot_data_map(by_method["confidence"], by_method["variability"], by_method.get("correctness"), corrupted,
+                         path=path, title=title)  # fmt: skip
