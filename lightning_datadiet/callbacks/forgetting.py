@@ -33,6 +33,12 @@ class ForgettingCallback(TrainingPassCallback):
     counts. Requires a map-style dataset and a DataLoader with ``batch_size`` (torch's ``BatchSampler``).
     Presentations whose logits hold NaN/inf are skipped (neither correct nor incorrect), with a warning per epoch.
 
+    Only completed epochs are counted (a fit that ``max_steps`` ends inside an epoch leaves that epoch out and
+    warns; files are labelled with the completed epochs). A new ``fit`` starts from zero; a fit with ``ckpt_path``
+    continues the saved counts, also from a checkpoint saved inside an epoch (exact when the sampler's order depends
+    only on seed and epoch; otherwise a warning). The TensorBoard histogram ``datadiet/forgetting`` counts all N
+    examples, never-learned ones drawn at one past the largest finite count.
+
     Args:
         epochs: completed epochs after which to also write a snapshot (the final counts are always written at the end
             of the fit).
