@@ -17,6 +17,9 @@ _LAZY = {
     "EL2NCallback": "lightning_datadiet.callbacks",
     "ForgettingCallback": "lightning_datadiet.callbacks",
     "GraNdCallback": "lightning_datadiet.callbacks",
+    "TrainingDynamicsCallback": "lightning_datadiet.callbacks",
+    "DynamicPruningCallback": "lightning_datadiet.callbacks",
+    "loss_weights": "lightning_datadiet.callbacks",
     "PrunedDataModule": "lightning_datadiet.data.pruned",
     "el2n": "lightning_datadiet.scores",
     "grand": "lightning_datadiet.scores",
@@ -30,7 +33,14 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from lightning_datadiet import selection
-    from lightning_datadiet.callbacks import EL2NCallback, ForgettingCallback, GraNdCallback
+    from lightning_datadiet.callbacks import (
+        DynamicPruningCallback,
+        EL2NCallback,
+        ForgettingCallback,
+        GraNdCallback,
+        TrainingDynamicsCallback,
+        loss_weights,
+    )
     from lightning_datadiet.data.pruned import PrunedDataModule
     from lightning_datadiet.scores import el2n, grand
     from lightning_datadiet.store import (
@@ -73,4 +83,7 @@ __all__ = [
     "load_scores",
     "average_scores",
     "label_fingerprint",
+    "TrainingDynamicsCallback",
+    "DynamicPruningCallback",
+    "loss_weights",
 ]

@@ -167,7 +167,18 @@ def run_analyze(score_paths: Sequence[str], output_dir: str, add_mean: bool = Tr
     table.to_csv(out / "stability.csv")
     plot_heatmap(table, out / "stability.png")
     print(table.to_markdown())
+    _analyze_data_map(files, out)
     return md
+
+
+def _analyze_data_map(files: Sequence[Any], out: Path) -> Path | None:
+    """A data map PNG when the files include TrainingDynamicsCallback's confidence and variability."""
+    from lightning_datadiet.analysis.datamap import data_map_from_files
+
+    written = data_map_from_files(files, out / "data_map.png")
+    if written is not None:
+        print(f"data map: {written}")
+    return written
 
 
 def _normalize(argv: Sequence[str]) -> list[str]:

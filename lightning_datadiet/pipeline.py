@@ -882,7 +882,7 @@ def run_scoring(cfg: PipelineConfig) -> dict[str, dict[str, Path]]:
                 cfg,
                 cfg.epochs,
                 logger=_tb_logger(cfg, f"{run.setting.name}/score", f"seed{run.seed}"),
-                callbacks=[*callbacks.values(), _stop_after_epoch(stop)],
+                callbacks=[*callbacks.values(), _data_map_callback(d, run.seed), _stop_after_epoch(stop)],
                 val=False,
             )
             trainer.fit(module, datamodule=dm)
@@ -1315,6 +1315,7 @@ def run_report(cfg: PipelineConfig) -> dict[str, Any]:
     hist = plot_histograms(cfg, masks, out / "score_histograms.png")
     if hist is not None:
         written["histograms"] = hist
+    written.update(plot_data_maps(cfg, masks, out))
     tb = _tensorboard_report(cfg, rows)
     if tb is not None:
         written["tensorboard"] = tb
@@ -1328,6 +1329,36 @@ def run_report(cfg: PipelineConfig) -> dict[str, Any]:
         f"results: {out / 'results.csv'}; plot: {written.get('plot', '-')}; TensorBoard: tensorboard --logdir {out / 'tensorboard'}"
     )
     return {"paths": written, "summary": summary, "results": rows, "missing": len(missing)}
+
+
+def _data_map_callback(directory: Path, seed: int) -> Any:
+    """Training dynamics of each scoring run, for the report's data maps (no extra pass; three dense [N] metrics)."""
+    from lightning_datadiet import TrainingDynamicsCallback
+
+    return TrainingDynamicsCallback(
+        ["confidence", "variability", "correctness"], dirpath=directory, seed=seed, log_histogram=False
+    )
+
+
+def plot_data_maps(cfg: PipelineConfig, masks: dict[str, Any], out: Path) -> dict[str, Path]:
+    """One data map PNG per setting (``data_map_<setting>.png``) from its first scoring run's training dynamics,
+    corrupted examples marked when labels were corrupted."""
+    from lightning_datadiet.analysis.datamap import data_map_from_files
+
+    written: dict[str, Path] = {}
+    for s in settings(cfg):
+        runs = [r for r in plan_scoring(cfg) if r.setting == s]
+        if not runs:
+            continue
+        files = sorted(runs[0].directory.glob(f"*_seed{runs[0].seed}.scores"))
+        files = [f for f in files if f.name.split("_epoch")[0] in ("confidence", "variability", "correctness")]
+        latest = max((f.name.split("_epoch")[1][:3] for f in files), default=None)
+        files = [f for f in files if latest is not None and f"_epoch{latest}" in f.name]
+        path = data_map_from_files(files, out / f"data_map_{s.name}.png", corrupted=masks.get(s.name),
+                                   title=f"{s.name}, seed {runs[0].seed}")  # fmt: skip
+        if path is not None:
+            written[f"data_map_{s.name}"] = path
+    return written
 
 
 def run_demo(cfg: PipelineConfig) -> dict[str, Any]:

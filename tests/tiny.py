@@ -122,3 +122,66 @@ def expected_forgetting(script: torch.Tensor) -> torch.Tensor:
             continue
         out[i] = sum(1 for a, b in zip(seq, seq[1:]) if a and not b)
     return out
+
+
+class ScriptedLogitsModule(LightningModule):
+    """Logits follow a script: ``logits[epoch, i]`` (``[E, N, K]``) is the output for example ``i`` (its id travels in
+    x[:, 0]) at every presentation during ``epoch``; the label is ``i % K`` (see :func:`scripted_data`)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("script", logits.float())
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        ids = x[:, 0].round().long()
+        epoch = min(self.trainer.current_epoch, self.script.shape[0] - 1)
+        return self.script[epoch, ids] + self.dummy * 0.0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self(x).sum() * 0.0 + self.dummy * 0.0
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def scripted_logits(epochs: int, n: int, num_classes: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(epochs, n, num_classes, generator=torch.Generator().manual_seed(seed)) * 2.0
+
+
+def expected_dynamics(logits: torch.Tensor, window: int, multiplicity: torch.Tensor | None = None) -> dict:
+    """Independent reference: walk each example's presentations (epoch by epoch; ``multiplicity[e, i]`` copies in
+    epoch ``e``, default 1) and apply the written definitions in float64 Python arithmetic."""
+    import math
+
+    epochs, n, k = logits.shape
+    mult = torch.ones(epochs, n, dtype=torch.long) if multiplicity is None else multiplicity
+    out = {m: torch.full((n,), float("nan")) for m in
+           ("aum", "confidence", "variability", "correctness", "dynamic_uncertainty")}  # fmt: skip
+    for i in range(n):
+        y = i % k
+        margins, probs, correct = [], [], []
+        for e in range(epochs):
+            z = [float(v) for v in logits[e, i]]
+            p = torch.softmax(logits[e, i].float(), 0)[y].item()  # float32 p[y], as the training pass computes it
+            for _ in range(int(mult[e, i])):
+                margins.append(z[y] - max(z[j] for j in range(k) if j != y))
+                probs.append(p)
+                correct.append(max(range(k), key=lambda j: z[j]) == y)
+        c = len(probs)
+        if c == 0:
+            continue
+        mean = sum(probs) / c
+        out["aum"][i] = sum(margins) / c
+        out["confidence"][i] = mean
+        out["variability"][i] = math.sqrt(sum((q - mean) ** 2 for q in probs) / c)
+        out["correctness"][i] = sum(correct) / c
+        stds = []
+        for j in range(c - window + 1):
+            w = probs[j : j + window]
+            m = sum(w) / window
+            stds.append(math.sqrt(sum((q - m) ** 2 for q in w) / window))
+        if stds:
+            out["dynamic_uncertainty"][i] = sum(stds) / len(stds)
+    return out

@@ -192,6 +192,8 @@ class PassScoreCallback(ScoreCallback):
             self._partial_epoch = trainer.current_epoch + 1
 
     def _end_of_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not epoch_completed(trainer):  # max_steps/should_stop ended the epoch early: it is not `completed`
+            return
         completed = trainer.current_epoch + 1
         if completed in self.epochs and completed not in self.scores_by_epoch:
             self.score_now(trainer, pl_module, epoch=completed)

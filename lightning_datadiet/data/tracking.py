@@ -10,8 +10,9 @@ and it survives Lightning's re-instantiation of the loader for a ``DistributedSa
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -24,9 +25,24 @@ __all__ = ["SampleIndexTracker", "track_dataloader", "install_tracking", "uninst
 class SampleIndexTracker:
     """FIFO of the dataset indices of the batches produced by a tracked loader, consumed in the same order."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str = "ForgettingCallback") -> None:
+        self.owner = owner  # named in error messages
         self._pending: deque[list[int]] = deque()
         self.epochs_started = 0
+        #: ``plan(sampler) -> indices | None``: this epoch's index stream for this rank (e.g. with pruned items
+        #: omitted); ``None`` (or a plan returning ``None``) = the sampler's own stream. Called for ``len()`` and at the
+        #: start of each pass, so it must return the same list for the same epoch.
+        self.plan: Callable[[Any], list[int] | None] | None = None
+        #: ``(batches, indices)`` after a mid-epoch resume: the next pass skips that many batches when they hold
+        #: exactly ``indices`` (the interrupted run's presentations of this epoch), so it continues where it stopped.
+        self.resume: tuple[int, Tensor] | None = None
+        #: set when a resume could not skip because the sampler produced another order (reported by the owner)
+        self.resume_mismatch = False
+        self.loader_stateful = False
+        #: after a resume: the epoch the first pass belongs to. Lightning creates the first iterator before it calls
+        #: ``set_epoch`` for the resumed epoch, and a DataLoader with workers draws its first indices right then, so a
+        #: fresh sampler would give epoch 0's order; the tracking sampler sets the epoch first.
+        self.resume_epoch: int | None = None
 
     def start_iteration(self) -> None:
         """A new pass over the loader began: batches produced but never consumed by the previous pass are dropped."""
@@ -50,20 +66,69 @@ class SampleIndexTracker:
 
 
 class _TrackingBatchSampler(BatchSampler):
-    """A ``BatchSampler`` that reports each batch's indices to its class's tracker before yielding it."""
+    """A ``BatchSampler`` that reports each batch's indices to its class's trackers before yielding it."""
 
-    tracker: SampleIndexTracker
+    trackers: list[SampleIndexTracker]
+
+    def _plan(self) -> Callable[[Any], list[int] | None] | None:
+        plans = [t.plan for t in type(self).trackers if t.plan is not None]
+        if len(plans) > 1:
+            raise RuntimeError("Two callbacks try to choose the training batches (e.g. two DynamicPruningCallbacks).")
+        return plans[0] if plans else None
+
+    def _batches(self) -> Iterator[list[int]]:
+        plan = self._plan()
+        indices = plan(self.sampler) if plan is not None else None
+        if indices is None:
+            yield from super().__iter__()
+            return
+        batch: list[int] = []
+        for index in indices:
+            batch.append(int(index))
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch and not self.drop_last:
+            yield batch
 
     def __iter__(self) -> Iterator[list[int]]:
-        tracker = type(self).tracker
-        tracker.start_iteration()
-        for batch in super().__iter__():
-            tracker.push(list(batch))
+        trackers = type(self).trackers
+        for tracker in trackers:
+            tracker.start_iteration()
+        epochs = [t.resume_epoch for t in trackers if t.resume_epoch is not None]
+        for tracker in trackers:
+            tracker.resume_epoch = None
+        set_epoch = getattr(self.sampler, "set_epoch", None)
+        if epochs and callable(set_epoch):
+            set_epoch(epochs[0])
+        batches = self._batches()
+        resumes = [t.resume for t in trackers if t.resume is not None]
+        for tracker in trackers:
+            tracker.resume = None
+        if resumes and not any(t.loader_stateful for t in trackers):
+            count, expected = resumes[0]
+            head = list(itertools.islice(batches, count))
+            flat = torch.tensor([i for b in head for i in b], dtype=torch.long)
+            if not torch.equal(flat, expected.long()):
+                for tracker in trackers:  # not the interrupted run's order: present everything, as Lightning does
+                    tracker.resume_mismatch = True
+                batches = itertools.chain(head, batches)
+        for batch in batches:
+            for tracker in trackers:
+                tracker.push(list(batch))
             yield batch
+
+    def __len__(self) -> int:
+        plan = self._plan()
+        indices = plan(self.sampler) if plan is not None else None
+        if indices is None:
+            return super().__len__()
+        n = len(indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
 def _tracking_class(tracker: SampleIndexTracker) -> type[_TrackingBatchSampler]:
-    return type("TrackingBatchSampler", (_TrackingBatchSampler,), {"tracker": tracker})
+    return type("TrackingBatchSampler", (_TrackingBatchSampler,), {"trackers": [tracker]})
 
 
 def track_dataloader(loader: Any, tracker: SampleIndexTracker) -> DataLoader:
@@ -75,29 +140,34 @@ def track_dataloader(loader: Any, tracker: SampleIndexTracker) -> DataLoader:
     """
     if not isinstance(loader, DataLoader):
         raise TypeError(
-            "ForgettingCallback needs a single torch DataLoader for training, got "
+            f"{tracker.owner} needs a single torch DataLoader for training, got "
             f"{type(loader).__name__}. Return one DataLoader from train_dataloader() (several train loaders or "
             "custom iterables cannot be mapped to dataset indices)."
         )
     if isinstance(loader.dataset, IterableDataset):
         raise TypeError(
-            "ForgettingCallback needs a map-style dataset (with __len__ and __getitem__): an IterableDataset has no "
+            f"{tracker.owner} needs a map-style dataset (with __len__ and __getitem__): an IterableDataset has no "
             "per-example index to attach the counts to."
         )
     if getattr(loader, "in_order", True) is False:
-        raise TypeError("ForgettingCallback needs DataLoader(in_order=True) (the default) to know each batch's items.")
+        raise TypeError(f"{tracker.owner} needs DataLoader(in_order=True) (the default) to know each batch's items.")
     batch_sampler = loader.batch_sampler
     if isinstance(batch_sampler, _TrackingBatchSampler):
-        if type(batch_sampler).tracker is tracker:
-            return loader
-        raise RuntimeError("This DataLoader is already tracked by another callback instance.")
+        trackers = type(batch_sampler).trackers
+        if tracker not in trackers:  # several callbacks track the same loader: each gets every batch's indices
+            trackers.append(tracker)
+            tracker.loader_stateful = any(t.loader_stateful for t in trackers)
+        return loader
     if batch_sampler is None or type(batch_sampler) is not BatchSampler:
         raise TypeError(
-            "ForgettingCallback needs a DataLoader built with batch_size= (and optionally sampler=/shuffle=), whose "
+            f"{tracker.owner} needs a DataLoader built with batch_size= (and optionally sampler=/shuffle=), whose "
             f"batch sampler is torch's BatchSampler; got {type(batch_sampler).__name__}. Custom batch samplers are "
             "not supported yet: wrap your sampling logic in a Sampler passed as sampler= instead."
         )
     tracked = _tracking_class(tracker)(batch_sampler.sampler, batch_sampler.batch_size, batch_sampler.drop_last)
+    tracker.loader_stateful = callable(getattr(loader, "state_dict", None)) and callable(
+        getattr(loader, "load_state_dict", None)
+    )  # e.g. torchdata's StatefulDataLoader: Lightning itself restores its position on resume
     # DataLoader forbids re-assigning batch_sampler after __init__; this changes this one loader object only.
     object.__setattr__(loader, "batch_sampler", tracked)
     return loader

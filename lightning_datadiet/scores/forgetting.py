@@ -5,7 +5,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["ForgettingState", "forgetting_update", "forgetting_scores"]
+__all__ = ["ForgettingState", "forgetting_update", "forgetting_scores", "occurrence_rounds"]
+
+
+def occurrence_rounds(indices: Tensor) -> list[Tensor]:
+    """Split an ordered sequence of presentations into rounds in which every index appears at most once.
+
+    Round ``r`` is a ``BoolTensor[M]`` mask of the ``r``-th occurrence of each index, so applying the rounds in order
+    applies each example's presentations in presentation order while every round stays a vectorised update.
+    """
+    if indices.numel() == 0:
+        return []
+    order = torch.sort(indices, stable=True).indices  # groups equal indices, presentation order within a group
+    sorted_idx = indices[order]
+    new_group = torch.ones_like(sorted_idx, dtype=torch.bool)
+    new_group[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    group_start = torch.cummax(torch.where(new_group, torch.arange(len(order)), 0), dim=0).values
+    occurrence = torch.empty_like(order)
+    occurrence[order] = torch.arange(len(order)) - group_start
+    return [occurrence == r for r in range(int(occurrence.max()) + 1)]
 
 
 class ForgettingState:
@@ -60,17 +78,7 @@ def forgetting_update(state: ForgettingState, indices: Tensor, correct: Tensor) 
         return
     if int(indices.min()) < 0 or int(indices.max()) >= state.num_samples:
         raise IndexError(f"forgetting_update: sample index out of range [0, {state.num_samples}).")
-    # Occurrence number of each presentation among presentations of the same index: round r applies every r-th
-    # occurrence at once, which keeps the order per example while staying vectorised.
-    order = torch.sort(indices, stable=True).indices  # groups equal indices, presentation order within a group
-    sorted_idx = indices[order]
-    new_group = torch.ones_like(sorted_idx, dtype=torch.bool)
-    new_group[1:] = sorted_idx[1:] != sorted_idx[:-1]
-    group_start = torch.cummax(torch.where(new_group, torch.arange(len(order)), 0), dim=0).values
-    occurrence = torch.empty_like(order)
-    occurrence[order] = torch.arange(len(order)) - group_start
-    for r in range(int(occurrence.max()) + 1):
-        pick = occurrence == r
+    for pick in occurrence_rounds(indices):
         idx, c = indices[pick], correct[pick]
         forgot = state.last_correct[idx] & ~c
         state.forgotten.index_add_(0, idx[forgot], torch.ones(int(forgot.sum()), dtype=torch.int32))
