@@ -16,11 +16,13 @@ so nothing is tuned on it).
 
 Scales (``--scale``):
 
-- ``smoke``: a few hundred images are enough; width-4 net, 2 epochs, 2 scoring runs; checks the plumbing.
-- ``cpu``: a class-stratified 10,000-image subset, width 16 (16/64/64), 8 epochs, EL2N at epoch 2 over 4 runs,
-  3 seeds; sized for about an hour of this project's 2-core CPU (see docs/reproduction.md for the measured run).
-- ``gpu``: all 50,000 images, width 64 (64/256/256), batch 1024, 10 epochs, bf16, EL2N at epoch 1 over 10 runs,
-  5 seeds.
+- ``smoke``: a few hundred images are enough; width-4 net, 2 epochs, 2 scoring runs, EL2N subsets retrained;
+  checks the plumbing.
+- ``cpu``: a class-stratified 5,000-image subset, width 16 (16/64/64), batch 256, lr 0.15, 6 epochs, EL2N at
+  epoch 2 over 4 runs (GraNd at init and forgetting over the same 2 epochs scored alongside), 3 seeds; retrains
+  EL2N subsets only (``--retrain_methods``); about 35 minutes on 2 idle cores (see docs/reproduction.md).
+- ``gpu``: all 50,000 images, width 64 (64/256/256), batch 1024, lr 0.8, 10 epochs, bf16, EL2N at epoch 1 over
+  10 runs, forgetting over all 10 epochs, 5 seeds, every method retrained.
 """
 
 from __future__ import annotations
