@@ -88,7 +88,7 @@ _DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 _INPUT_SHAPE = {"digits": (1, 8), "cifar10": (3, 32)}  # (channels, side)
 # per-model defaults, applied before the dataset's (the airbench recipe: lightning_datadiet/recipes/airbench.py)
 _MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "airbench": {"batch_size": 512, "num_workers": 0, "epochs": 10, "lr": 0.4, "el2n_epoch": 1},
+    "airbench": {"batch_size": 512, "num_workers": 0, "epochs": 10, "lr": 0.2, "el2n_epoch": 1},
 }
 MODELS = ("digits_cnn", "mlp", "small_cnn", "resnet18", "airbench")
 
@@ -125,7 +125,7 @@ class PipelineConfig:
             ResNet18 with a CIFAR stem, for GPU runs) or ``auto`` (digits_cnn for digits; for cifar10 resnet18
             when a GPU is used, else small_cnn); ``airbench`` is the fast CIFAR-10 recipe (patch-whitened BN conv net,
             label smoothing, flip/translate on the batch, uint8 data on the device; ``width`` = first-group width,
-            default 64; its own defaults: batch 512, lr 0.4, 10 epochs, EL2N at epoch 1; see
+            default 64; its own defaults: batch 512, lr 0.2, 10 epochs, EL2N at epoch 1; see
             :mod:`lightning_datadiet.recipes.airbench`).
         width: Base width of digits_cnn / small_cnn, hidden width of mlp (model default when unset).
         epochs: Epochs of full-data training; scoring runs follow the same recipe (default: 10 for digits, 200

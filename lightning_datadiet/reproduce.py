@@ -20,8 +20,9 @@ Scales (``--scale``):
   checks the plumbing.
 - ``cpu``: a class-stratified 5,000-image subset, width 16 (16/64/64), batch 256, lr 0.15, 6 epochs, EL2N at
   epoch 2 over 4 runs (GraNd at init and forgetting over the same 2 epochs scored alongside), 3 seeds; retrains
-  EL2N subsets only (``--retrain_methods``); about 35 minutes on 2 idle cores (see docs/reproduction.md).
-- ``gpu``: all 50,000 images, width 64 (64/256/256), batch 1024, lr 0.8, 10 epochs, bf16, EL2N at epoch 1 over
+  EL2N subsets only (``--retrain_methods``); about an hour on 2 idle cores (estimated from bench_recipe's
+  images/s; much longer on a shared machine, see docs/reproduction.md).
+- ``gpu``: all 50,000 images, width 64 (64/256/256), batch 1024, lr 0.4, 10 epochs, bf16, EL2N at epoch 1 over
   10 runs, forgetting over all 10 epochs, 5 seeds, every method retrained.
 """
 
@@ -104,7 +105,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "width": 64,
         "batch_size": 1024,
         "epochs": 10,
-        "lr": 0.8,
+        "lr": 0.4,
         "el2n_epoch": 1,
         "num_runs": 10,
         "seeds": [0, 1, 2, 3, 4],

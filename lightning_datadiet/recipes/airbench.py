@@ -354,7 +354,7 @@ class AirbenchModule(LightningModule):
         net: nn.Module | None = None,
         num_classes: int = 10,
         width: int = 64,
-        lr: float = 0.4,
+        lr: float = 0.2,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         label_smoothing: float = 0.2,
