@@ -102,6 +102,11 @@ def build_parser() -> ArgumentParser:
         help="Add the mean of all files as one more column (only when all files hold the same method).",
     )  # fmt: skip
     subcommands.add_subcommand("analyze", analyze, help="score stability report over score files (Spearman)")
+    # `datadiet reproduce` is parsed by lightning_datadiet.reproduce (its defaults depend on --scale); listed here
+    reproduce = ArgumentParser(prog="datadiet reproduce", description="see `datadiet reproduce --help`")
+    subcommands.add_subcommand(
+        "reproduce", reproduce, help="Kirsch's pruning protocol with the airbench recipe (--scale smoke|cpu|gpu)"
+    )
     return parser
 
 
@@ -195,6 +200,10 @@ def _normalize(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``datadiet`` console script; returns the exit status (2 = bad options)."""
     argv = _normalize(sys.argv[1:] if argv is None else list(argv))
+    if argv and argv[0] == "reproduce":
+        from lightning_datadiet.reproduce import main as reproduce_main
+
+        return reproduce_main(argv[1:])
     parser = build_parser()
     ns = parser.parse_args(argv)  # type errors and unknown options exit here with status 2
     if ns.stage == "analyze":

@@ -89,6 +89,11 @@ _DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 _INPUT_SHAPE = {"digits": (1, 8), "cifar10": (3, 32)}  # (channels, side)
+# per-model defaults, applied before the dataset's (the airbench recipe: lightning_datadiet/recipes/airbench.py)
+_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "airbench": {"batch_size": 512, "num_workers": 0, "epochs": 10, "lr": 0.2, "el2n_epoch": 1},
+}
+MODELS = ("digits_cnn", "mlp", "small_cnn", "resnet18", "airbench")
 
 
 class PipelineError(ValueError):
@@ -122,7 +127,10 @@ class PipelineConfig:
         noise_seed: Seed of the label corruption.
         model: Network: ``digits_cnn``, ``mlp``, ``small_cnn`` (fast CNN for CPU), ``resnet18`` (torchvision
             ResNet18 with a CIFAR stem, for GPU runs) or ``auto`` (digits_cnn for digits; for cifar10 resnet18
-            when a GPU is used, else small_cnn).
+            when a GPU is used, else small_cnn); ``airbench`` is the fast CIFAR-10 recipe (patch-whitened BN conv net,
+            label smoothing, flip/translate on the batch, uint8 data on the device; ``width`` = first-group width,
+            default 64; its own defaults: batch 512, lr 0.2, 10 epochs, EL2N at epoch 1; see
+            :mod:`lightning_datadiet.recipes.airbench`).
         width: Base width of digits_cnn / small_cnn, hidden width of mlp (model default when unset).
         epochs: Epochs of full-data training; scoring runs follow the same recipe (default: 10 for digits, 200
             for cifar10, as in the paper).
@@ -179,7 +187,7 @@ class PipelineConfig:
     noise_mode: Literal["uniform", "permute", "uniform_other"] = "uniform"
     noise_seed: int = 0
     # model and training recipe
-    model: Literal["auto", "digits_cnn", "mlp", "small_cnn", "resnet18"] = "auto"
+    model: Literal["auto", "digits_cnn", "mlp", "small_cnn", "resnet18", "airbench"] = "auto"
     width: int | None = None
     epochs: int | None = None
     lr: float | None = None
@@ -216,7 +224,7 @@ class PipelineConfig:
         """A copy with every ``None``/``auto`` default replaced by the dataset's value (what the runs use)."""
         if self.dataset not in _DATASET_DEFAULTS:
             raise PipelineError(f"Unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}.")
-        d = _DATASET_DEFAULTS[self.dataset]
+        d = {**_DATASET_DEFAULTS[self.dataset], **_MODEL_DEFAULTS.get(self.model, {})}
         r = dataclasses.replace(self)
         for name in ("batch_size", "num_workers", "epochs", "lr", "el2n_epoch"):
             if getattr(r, name) is None:
@@ -261,8 +269,12 @@ class PipelineConfig:
             raise PipelineError(problems[0])
         r = self.resolved()
         need(
-            r.model in ("digits_cnn", "mlp", "small_cnn", "resnet18"),
-            f"--model must be auto, digits_cnn, mlp, small_cnn or resnet18, got {r.model!r}.",
+            r.model in MODELS,
+            f"--model must be auto, digits_cnn, mlp, small_cnn, resnet18 or airbench, got {r.model!r}.",
+        )
+        need(
+            r.model != "airbench" or r.dataset == "cifar10",
+            "--model airbench needs colour images (--dataset cifar10 with any ImageFolder folder); not digits.",
         )
         if r.dataset == "digits":
             need(
@@ -666,6 +678,17 @@ def make_datamodule(cfg: PipelineConfig, setting: Setting):
     from lightning_datadiet.datasets import CIFAR10DataModule, DigitsDataModule
 
     noise = {"label_noise": setting.label_noise, "noise_mode": cfg.noise_mode, "noise_seed": cfg.noise_seed}
+    if cfg.model == "airbench":
+        from lightning_datadiet.recipes.airbench import AirbenchDataModule
+
+        return AirbenchDataModule(
+            cfg.data_dir,
+            batch_size=cfg.batch_size,
+            val_size=cfg.val_size,
+            train_subset=cfg.train_subset,
+            split_seed=cfg.split_seed,
+            **noise,
+        )
     if cfg.dataset == "digits":
         return DigitsDataModule(
             batch_size=cfg.batch_size,
@@ -689,6 +712,12 @@ def make_module(cfg: PipelineConfig, num_classes: int):
     """A fresh ``ClassifierModule`` with the configured network and recipe (seed the RNG first)."""
     from lightning_datadiet.models import ClassifierModule, build_model
 
+    if cfg.model == "airbench":
+        from lightning_datadiet.recipes.airbench import AirbenchModule
+
+        return AirbenchModule(
+            num_classes=num_classes, width=cfg.width or 64, lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
     channels, side = _INPUT_SHAPE[cfg.dataset]
     net = build_model(cfg.model, num_classes, in_channels=channels, width=cfg.width, input_size=side)
     return ClassifierModule(net, num_classes=num_classes, lr=cfg.lr, weight_decay=cfg.weight_decay)
