@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "fsync_dir"]
+__all__ = ["atomic_write_bytes", "fsync_dir", "fraction_count"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -47,3 +48,11 @@ def atomic_write_bytes(target: Path, data: bytes | memoryview) -> None:
             pass
         raise
     fsync_dir(directory)
+
+
+def fraction_count(n: int, fraction: float) -> int:
+    """``fraction`` of ``n`` as a count: round half up, computed exactly on the decimal value written (so
+    ``fraction_count(10, 0.35) == 4``, ``fraction_count(45, 0.7) == 32``); may be 0."""
+    from fractions import Fraction
+
+    return int(math.floor(n * Fraction(repr(float(fraction))) + Fraction(1, 2)))

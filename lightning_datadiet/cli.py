@@ -1,118 +1,175 @@
-"""The ``datadiet`` command: ``score``, ``train`` (alias ``prune``), ``report``, ``demo`` (all three) and ``analyze``.
+"""The ``datadiet`` command: ``score``, ``train`` (alias ``prune``), ``report``, ``demo`` (all three), ``analyze`` and
+``reproduce``.
 
-Every option is a field of :class:`~lightning_datadiet.pipeline.PipelineConfig`, settable by flag or by a YAML
-file (``--config``), in jsonargparse / LightningCLI conventions (``--print_config`` prints a complete YAML).
-Dashes and underscores in option names are interchangeable (``--data-dir`` = ``--data_dir``). Lists are written
-as ``--keep_fractions [0.3,0.5]``.
+Options follow LightningCLI: the model and the data are class paths with init args (``--model my_pkg.MyNet
+--model.width 64 --data my_pkg.MyData``, or ``class_path`` / ``init_args`` in a YAML file given with ``--config``),
+``--trainer.*`` are Trainer arguments applied to every fit, and every study option is a field of
+:class:`~lightning_datadiet.pipeline.PipelineConfig` (``--print_config`` prints a complete YAML). The built-in
+setups are shorthands for preset YAML files (:mod:`lightning_datadiet.presets`): ``--dataset digits`` (the
+default), ``--dataset cifar10 --data_dir PATH``, ``--model airbench``. Dashes and underscores in option names are
+interchangeable (``--data-dir`` = ``--data_dir``). Lists are written as ``--keep_fractions [0.3,0.5]``. Modules
+named by class path are imported from the current folder as with ``python -m``.
 
 Examples::
 
     datadiet demo --output-dir runs/demo
-    datadiet demo --dataset cifar10 --data-dir ../shared/data/cifar10-jpeg.zip --accelerator gpu --model resnet18
+    datadiet demo --model my_models.MyNet --model.width 64 --data my_models.MyData --trainer.precision bf16-mixed
     datadiet score --config my.yaml && datadiet train --config my.yaml && datadiet report --config my.yaml
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional, Union
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from lightning_datadiet.pipeline import (
-    PipelineConfig,
-    PipelineError,
-    run_demo,
-    run_report,
-    run_retraining,
-    run_scoring,
-)
+__all__ = ["main", "build_parser", "stage_parser", "STAGES"]
 
-__all__ = ["main", "build_parser"]
-
-_STAGES: dict[str, tuple[Callable[[PipelineConfig], Any], str, str]] = {
+#: stage -> (short help, long description)
+STAGES: dict[str, tuple[str, str]] = {
     "score": (
-        run_scoring,
         "stage 1: compute the scores",
         "Stage 1: train `num_runs` ordinary runs per label-noise setting with the EL2N / GraNd / forgetting "
         "callbacks attached; they write one score file per run and method, then one averaged file per method is "
         "written with average_scores. Finished runs are skipped.",
     ),
     "train": (
-        run_retraining,
         "stage 2: prune with the scores and retrain (alias: prune)",
         "Stage 2: for every setting, keep fraction, selection rule and seed, retrain a fresh model on the subset "
-        "kept by PrunedDataModule, plus the full-data and random-subset baselines; test each. Each finished run is "
-        "written to results/runs/<key>.json; runs already there are skipped. Needs the scores of `datadiet score`.",
+        "kept by PrunedDataModule, plus the full-data and random-subset baselines; measure each on the test (and "
+        "validation) data. Each finished run is written to results/runs/<key>.json; runs already there are "
+        "skipped. Needs the scores of `datadiet score`.",
     ),
     "report": (
-        run_report,
         "stage 3: tables, plots and the summary",
         "Stage 3: rebuild results.csv / results.json from the finished runs, choose the rule on validation data, "
         "measure how well the top scores catch corrupted labels, plot accuracy vs fraction kept and the score "
         "histograms, add TensorBoard histograms and print the final table.",
     ),
     "demo": (
-        run_demo,
         "all stages (score, train, report); defaults need no download",
         "All stages: score, train, report. With the defaults: scikit-learn's handwritten digits, a small CNN, "
         "clean labels and 20% uniform label noise, 3 scoring runs, keep fractions 0.3/0.5/0.7, 2 seeds; a few "
         "minutes on 2 CPU cores. Rerunning skips finished runs.",
     ),
 }
+_ANALYZE = (
+    "score stability report over score files (Spearman)",
+    "Score stability: pairwise Spearman rank correlations between score files of one training set (early vs "
+    "late epochs, single runs vs their mean, method vs method), written as a Markdown table, a CSV and a "
+    "heatmap PNG, and printed. The files must have the same number of examples and label fingerprint; "
+    "methods and epochs may differ. The other analyses (NTK velocity, error barriers with BarrierSpawnCallback, "
+    "sliding-window sweeps, label-noise detection) are library calls in lightning_datadiet.analysis: see "
+    "docs/analysis.md.",
+)
+_REPRODUCE = "Kirsch's pruning protocol with the airbench recipe (--scale smoke|cpu|gpu)"
+_STUDY_FIELDS_SKIPPED = {"model", "data", "trainer", "preset"}
 
 
 def build_parser() -> ArgumentParser:
-    """The ``datadiet`` parser: one subcommand per stage, each taking every :class:`PipelineConfig` option."""
+    """The top-level ``datadiet`` parser (for ``datadiet --help``; light: imports neither torch nor Lightning).
+    Each stage is parsed by :func:`stage_parser`."""
     parser = ArgumentParser(
         prog="datadiet",
         description=(
             "Deep Learning on a Data Diet (Paul et al. 2021) as a command: score training examples early in "
-            "training (EL2N, GraNd, forgetting), prune, retrain, report. Run `datadiet demo` for everything on an "
-            "embedded dataset; `datadiet <stage> --help` lists the options. Options may be given by flag or in a "
-            "YAML file (--config); --print_config writes a complete one."
+            "training (EL2N, GraNd, forgetting), prune, retrain, report, on your own LightningModule and "
+            "LightningDataModule (--model my_pkg.MyNet --data my_pkg.MyData) or a built-in preset. Run `datadiet "
+            "demo` for everything on an embedded dataset; `datadiet <stage> --help` lists the options. Options may "
+            "be given by flag or in a YAML file (--config); --print_config writes a complete one."
         ),
     )
     subcommands = parser.add_subcommands(dest="stage", required=True)
-    for name, (_, short, long) in _STAGES.items():
-        sub = ArgumentParser(prog=f"datadiet {name}", description=long)
-        sub.add_argument(
-            "--config", action=ActionConfigFile, help="A YAML file with any of the options below."
-        )
-        sub.add_class_arguments(PipelineConfig, nested_key=None, as_group=False)
+    for name, (short, long) in STAGES.items():
         extra = {"aliases": ["prune"]} if name == "train" else {}
-        subcommands.add_subcommand(name, sub, help=short, **extra)
-    analyze = ArgumentParser(
-        prog="datadiet analyze",
-        description=(
-            "Score stability: pairwise Spearman rank correlations between score files of one training set (early vs "
-            "late epochs, single runs vs their mean, method vs method), written as a Markdown table, a CSV and a "
-            "heatmap PNG, and printed. The files must have the same number of examples and label fingerprint; "
-            "methods and epochs may differ. The other analyses (NTK velocity, error barriers with BarrierSpawnCallback, sliding-window "
-            "sweeps, label-noise detection) are library calls in lightning_datadiet.analysis: see docs/analysis.md."
-        ),
+        subcommands.add_subcommand(name, ArgumentParser(prog=f"datadiet {name}", description=long), help=short, **extra)
+    subcommands.add_subcommand("analyze", ArgumentParser(prog="datadiet analyze", description=_ANALYZE[1]), help=_ANALYZE[0])
+    subcommands.add_subcommand(
+        "reproduce", ArgumentParser(prog="datadiet reproduce", description="see `datadiet reproduce --help`"), help=_REPRODUCE
     )
-    analyze.add_argument("--scores", type=list[str], required=True, help="Score files to compare, e.g. [a.scores,b.scores].")
-    analyze.add_argument("--output_dir", type=str, default="runs/analysis", help="Folder for stability.md/.csv/.png.")
-    analyze.add_argument(
+    return parser
+
+
+def add_study_arguments(parser: ArgumentParser) -> None:
+    """Every study option, plus ``--model``, ``--data`` and the ``--trainer`` group as LightningCLI has them."""
+    from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+
+    from lightning_datadiet.pipeline.config import MODEL_NAMES, PipelineConfig
+
+    parser.add_argument("--config", action=ActionConfigFile, help="A YAML file with any of the options below.")
+    parser.add_class_arguments(PipelineConfig, nested_key=None, as_group=False, skip=_STUDY_FIELDS_SKIPPED)
+    parser.add_argument(
+        "--model",
+        type=Optional[Union[Literal[MODEL_NAMES], LightningModule]],  # type: ignore[valid-type]
+        default=None,
+        help="Your LightningModule as a class path with init args (--model my_pkg.MyNet --model.width 64), or a "
+        f"built-in network for the built-in datasets: {', '.join(MODEL_NAMES)} (default auto).",
+    )
+    parser.add_argument(
+        "--data",
+        type=Optional[LightningDataModule],
+        default=None,
+        help="Your LightningDataModule as a class path with init args (--data my_pkg.MyData --data.batch_size 32); "
+        "default: the preset of --dataset.",
+    )
+    parser.add_class_arguments(Trainer, "trainer", instantiate=False, fail_untyped=False, sub_configs=True)
+
+
+def stage_parser(stage: str) -> ArgumentParser:
+    """The parser of one stage (``score``, ``train``, ``report``, ``demo``); imports Lightning for ``--trainer``."""
+    parser = ArgumentParser(prog=f"datadiet {stage}", description=STAGES[stage][1])
+    add_study_arguments(parser)
+    return parser
+
+
+def analyze_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="datadiet analyze", description=_ANALYZE[1])
+    parser.add_argument("--scores", type=list[str], required=True, help="Score files to compare, e.g. [a.scores,b.scores].")
+    parser.add_argument("--output_dir", type=str, default="runs/analysis", help="Folder for stability.md/.csv/.png.")
+    parser.add_argument(
         "--mean", type=bool, default=True,
         help="Add the mean of all files as one more column (only when all files hold the same method).",
     )  # fmt: skip
-    subcommands.add_subcommand("analyze", analyze, help="score stability report over score files (Spearman)")
-    # `datadiet reproduce` is parsed by lightning_datadiet.reproduce (its defaults depend on --scale); listed here
-    reproduce = ArgumentParser(prog="datadiet reproduce", description="see `datadiet reproduce --help`")
-    subcommands.add_subcommand(
-        "reproduce", reproduce, help="Kirsch's pruning protocol with the airbench recipe (--scale smoke|cpu|gpu)"
-    )
     return parser
+
+
+def _plain(value: Any) -> Any:
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
+def config_from_namespace(parser: ArgumentParser, ns: Any) -> Any:
+    """The :class:`PipelineConfig` of a parsed stage: study options as given, ``model`` / ``data`` as class-path
+    dicts, ``trainer`` holding only the Trainer arguments that differ from Trainer's defaults."""
+    from lightning_datadiet.pipeline.config import PipelineConfig
+
+    fields = PipelineConfig.__dataclass_fields__
+    values = {k: v for k, v in ns.as_dict().items() if k in fields and k not in _STUDY_FIELDS_SKIPPED}
+    given, defaults = ns.get("trainer"), parser.get_defaults().get("trainer")
+    trainer = {
+        name: _plain(value)
+        for name, value in (vars(given).items() if given is not None else ())
+        if _plain(value) != _plain(getattr(defaults, name, None))
+    }
+    return PipelineConfig(**values, model=_plain(ns.model), data=_plain(ns.data), trainer=trainer)
+
+
+def _import_from_cwd() -> None:
+    """Class paths name modules the way ``python -m`` finds them: the current folder comes first."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def _check_same_dataset(paths: Sequence[str], files: Sequence[Any]) -> None:
     """Score files compared by ``analyze`` must describe one training set: the same number of examples and, where
     both are known, the same label fingerprint. Method and epoch may differ (that is what is compared)."""
+    from lightning_datadiet.pipeline.config import PipelineError
+
     problems = []
     n0 = files[0].num_samples
     fp = next((f.label_fingerprint for f in files if f.label_fingerprint is not None), None)
@@ -139,12 +196,16 @@ def _column_names(paths: Sequence[str]) -> list[str]:
 def run_analyze(score_paths: Sequence[str], output_dir: str, add_mean: bool = True) -> Path:
     """Stability report over ``score_paths``: files of one training set, any methods and epochs; returns the
     Markdown file. Raises ``PipelineError`` on bad or incompatible files or a bad ``output_dir``."""
-    from lightning_datadiet.pipeline import _output_dir_problems
+    from lightning_datadiet.analysis import (  # torch and matplotlib: not for --help
+        plot_heatmap,
+        stability_report,
+    )
+    from lightning_datadiet.pipeline.config import PipelineError, output_dir_problems
     from lightning_datadiet.store import ScoreFileError, load_scores
 
     if len(score_paths) < 2:
         raise PipelineError("analyze needs at least two score files (--scores [a.scores,b.scores]).")
-    problems = _output_dir_problems(output_dir)
+    problems = output_dir_problems(output_dir)
     if problems:
         raise PipelineError(problems[0])
     try:
@@ -152,7 +213,6 @@ def run_analyze(score_paths: Sequence[str], output_dir: str, add_mean: bool = Tr
     except (ScoreFileError, OSError) as err:
         raise PipelineError(str(err)) from err
     _check_same_dataset(score_paths, files)
-    from lightning_datadiet.analysis import plot_heatmap, stability_report
 
     named: dict[str, Any] = {}
     for name, f in zip(_column_names(score_paths), files):
@@ -197,47 +257,59 @@ def _normalize(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``datadiet`` console script; returns the exit status (2 = bad options)."""
-    argv = _normalize(sys.argv[1:] if argv is None else list(argv))
-    if argv and argv[0] == "reproduce":
-        from lightning_datadiet.reproduce import main as reproduce_main
+def _run_stage(stage: str, argv: list[str]) -> int:
+    from lightning_datadiet.pipeline import PipelineError, run_demo, run_report, run_retraining, run_scoring
 
-        return reproduce_main(argv[1:])
-    parser = build_parser()
-    ns = parser.parse_args(argv)  # type errors and unknown options exit here with status 2
-    if ns.stage == "analyze":
-        try:
-            run_analyze(ns.analyze.scores, ns.analyze.output_dir, ns.analyze.mean)
-        except PipelineError as err:
-            print(f"datadiet analyze: error: {err}", file=sys.stderr)
-            return 2
-        return 0
-    stage = "train" if ns.stage == "prune" else ns.stage
-    options = ns[ns.stage].as_dict()
-    values = {k: v for k, v in options.items() if k in PipelineConfig.__dataclass_fields__}
+    run = {"score": run_scoring, "train": run_retraining, "report": run_report, "demo": run_demo}[stage]
+    name = "prune" if stage == "train" and argv and argv[0] == "prune" else stage
+    parser = stage_parser(stage)
+    parser.prog = f"datadiet {name}"
+    ns = parser.parse_args(argv[1:])  # type errors and unknown options exit here with status 2
     try:
-        resolved = PipelineConfig(**values).validate()
+        resolved = config_from_namespace(parser, ns).validate()
     except PipelineError as err:
-        print(f"datadiet {ns.stage}: error: {err}", file=sys.stderr)
+        print(f"datadiet {name}: error: {err}", file=sys.stderr)
         return 2
     out = Path(resolved.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        print(f"datadiet {ns.stage}: error: --output_dir {resolved.output_dir!r}: {err}", file=sys.stderr)
+        print(f"datadiet {name}: error: --output_dir {resolved.output_dir!r}: {err}", file=sys.stderr)
         return 2
-    sub_parser = parser._subcommands_action._name_parser_map[ns.stage]
     with warnings.catch_warnings():  # skip_none is deprecated in jsonargparse >= 4.49 but needed for >= 4.27
         warnings.simplefilter("ignore")
-        (out / "config.yaml").write_text(sub_parser.dump(ns[ns.stage], skip_none=False))
-    run, _, _ = _STAGES[stage]
+        (out / "config.yaml").write_text(parser.dump(ns, skip_none=False))
     try:
         run(resolved)
     except PipelineError as err:
-        print(f"datadiet {ns.stage}: error: {err}", file=sys.stderr)
+        print(f"datadiet {name}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``datadiet`` console script; returns the exit status (2 = bad options)."""
+    argv = _normalize(sys.argv[1:] if argv is None else list(argv))
+    _import_from_cwd()
+    stage = argv[0] if argv else None
+    if stage == "reproduce":
+        from lightning_datadiet.reproduce import main as reproduce_main
+
+        return reproduce_main(argv[1:])
+    if stage in STAGES or stage == "prune":
+        return _run_stage("train" if stage == "prune" else stage, argv)
+    if stage == "analyze":
+        from lightning_datadiet.pipeline.config import PipelineError
+
+        ns = analyze_parser().parse_args(argv[1:])
+        try:
+            run_analyze(ns.scores, ns.output_dir, ns.mean)
+        except PipelineError as err:
+            print(f"datadiet analyze: error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    build_parser().parse_args(argv)  # --help, or an error naming the stages (exits)
+    return 2
 
 
 if __name__ == "__main__":

@@ -35,93 +35,31 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
-from lightning_datadiet.pipeline import (
-    PipelineConfig,
-    PipelineError,
-    _atomic_write,
-    _group,
-    _write_csv,
-    _write_json,
-    run_report,
-    run_retraining,
-    run_scoring,
-    settings,
-)
+from lightning_datadiet.cli import _normalize, add_study_arguments, config_from_namespace
+from lightning_datadiet.pipeline import PipelineConfig, PipelineError, run_report, run_retraining, run_scoring
+from lightning_datadiet.pipeline._io import write_csv, write_json, write_text
+from lightning_datadiet.pipeline.plan import describe, settings
+from lightning_datadiet.pipeline.results import group
+from lightning_datadiet.presets import load_preset
 
 __all__ = ["SCALES", "RETRAIN_METHODS", "write_verdicts", "reproduce_config", "verdict_rows", "format_verdicts", "run_reproduce", "main"]
 
-_PROTOCOL: dict[str, Any] = {
-    "dataset": "cifar10",
-    "model": "airbench",
-    "methods": ["el2n", "grand", "forgetting"],
-    "grand_epoch": 0,
-    "keep_fractions": [0.9, 0.7, 0.5, 0.4],
-    "rules": ["highest", "coverage"],
-    "budget": "same_steps",
-    "label_noise": [0.0],
-    "select_on_val": False,
-    "val_size": 0,
-}
-
-SCALES: dict[str, dict[str, Any]] = {
-    "smoke": {
-        **_PROTOCOL,
-        "output_dir": "runs/reproduce_smoke",
-        "width": 4,
-        "batch_size": 64,
-        "epochs": 2,
-        "lr": 0.2,
-        "el2n_epoch": 1,
-        "forgetting_epochs": 1,
-        "num_runs": 2,
-        "seeds": [0, 1],
-        "accelerator": "cpu",
-        "progress_bar": False,
-        "tensorboard": False,
-    },
-    "cpu": {
-        **_PROTOCOL,
-        "output_dir": "runs/reproduce_cpu",
-        "train_subset": 5000,
-        "width": 16,
-        "batch_size": 256,
-        "epochs": 6,
-        "lr": 0.15,
-        "el2n_epoch": 2,
-        "forgetting_epochs": 2,
-        "num_runs": 4,
-        "seeds": [0, 1, 2],
-        "accelerator": "cpu",
-        "progress_bar": False,
-        "tensorboard": False,
-    },
-    "gpu": {
-        **_PROTOCOL,
-        "output_dir": "runs/reproduce_gpu",
-        "width": 64,
-        "batch_size": 1024,
-        "epochs": 10,
-        "lr": 0.4,
-        "el2n_epoch": 1,
-        "num_runs": 10,
-        "seeds": [0, 1, 2, 3, 4],
-        "accelerator": "gpu",
-        "precision": "bf16-mixed",
-        "progress_bar": False,
-    },
-}
-
-
+#: the study options of each scale: the preset files ``lightning_datadiet/presets/reproduce_<scale>.yaml``
+SCALES: dict[str, dict[str, Any]] = {}
 # which methods' subsets each scale retrains (None = all); the others are scored alongside
-RETRAIN_METHODS: dict[str, list[str] | None] = {"smoke": ["el2n"], "cpu": ["el2n"], "gpu": None}
+RETRAIN_METHODS: dict[str, list[str] | None] = {}
+for _scale in ("smoke", "cpu", "gpu"):
+    _preset = load_preset(f"reproduce_{_scale}")
+    RETRAIN_METHODS[_scale] = _preset.pop("retrain_methods", None)
+    SCALES[_scale] = _preset
 
 
 def reproduce_config(scale: str, data_dir: str | None = None, **overrides: Any) -> PipelineConfig:
-    """The study configuration of a scale, with ``overrides`` (any :class:`PipelineConfig` field) on top.
+    """The study configuration of a scale, with ``overrides`` (any :class:`PipelineConfig` field) on top, resolved.
 
     Raises:
         PipelineError: unknown scale or a bad option.
@@ -156,7 +94,7 @@ def verdict_rows(cfg: PipelineConfig, results: list[dict[str, Any]]) -> list[dic
     std over seeds; 0 with a single seed). ``verdict`` is ``score beats random`` when the margin is positive,
     ``random wins`` when negative (``tie`` at 0); ``within_noise`` is true when ``|margin| <= spread``.
     """
-    groups = _group(results)
+    groups = group(results)
     rows: list[dict[str, Any]] = []
     for s in settings(cfg):
         full = groups.get((s.name, "full", "full", 1.0))
@@ -194,9 +132,10 @@ def verdict_rows(cfg: PipelineConfig, results: list[dict[str, Any]]) -> list[dic
 
 def format_verdicts(cfg: PipelineConfig, rows: list[dict[str, Any]]) -> str:
     """The verdict table as Markdown (accuracies in %, margins in accuracy points)."""
+    data_args, model_args = cfg.data.get("init_args", {}), cfg.model.get("init_args", {})
     lines = [
-        f"datadiet reproduce: {cfg.dataset} at {cfg.data_dir}, model {cfg.model} (width {cfg.width}), "
-        f"{cfg.train_subset or 'all'} training images, {cfg.epochs} epochs full-data, budget {cfg.budget}, "
+        f"datadiet reproduce: {describe(cfg)} at {data_args.get('data_dir')} (width {model_args.get('width')}), "
+        f"{data_args.get('train_subset') or 'all'} training images, {cfg.epochs} epochs full-data, budget {cfg.budget}, "
         f"seeds {cfg.seeds}; EL2N at epoch {cfg.el2n_epoch}, GraNd at epoch {cfg.grand_epoch}, forgetting over "
         f"{cfg.forgetting_epochs} epochs, scores averaged over {cfg.num_runs} run(s)",
         "",
@@ -224,10 +163,10 @@ def write_verdicts(cfg: PipelineConfig, results: list[dict[str, Any]]) -> dict[s
     out = Path(cfg.output_dir)
     rows = verdict_rows(cfg, results)
     text = format_verdicts(cfg, rows)
-    _atomic_write(out / "verdicts.md", text + "\n")
+    write_text(out / "verdicts.md", text + "\n")
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    _write_csv(out / "verdicts.csv", rows, columns)
-    _write_json(out / "verdicts.json", rows)
+    write_csv(out / "verdicts.csv", rows, columns)
+    write_json(out / "verdicts.json", rows)
     return {"rows": rows, "text": text, "path": out / "verdicts.md"}
 
 
@@ -249,7 +188,7 @@ def run_reproduce(cfg: PipelineConfig, retrain_methods: Sequence[str] | None = N
     if unknown:
         raise PipelineError(f"--retrain_methods {unknown} are not among --methods {cfg.methods}.")
     start = time.perf_counter()
-    _write_json(Path(cfg.output_dir) / "config.resolved.json", dataclasses.asdict(cfg))
+    write_json(Path(cfg.output_dir) / "config.resolved.json", dataclasses.asdict(cfg))
     run_scoring(cfg)
     sub = dataclasses.replace(cfg, methods=retrain)
     run_retraining(sub)
@@ -276,7 +215,7 @@ def _scale_in(argv: Sequence[str]) -> str:
 
 def build_parser(scale: str = "cpu") -> Any:
     """The ``datadiet reproduce`` parser: ``--scale`` plus every study option, defaulting to the scale's preset."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(
         prog="datadiet reproduce",
@@ -284,18 +223,18 @@ def build_parser(scale: str = "cpu") -> Any:
             "Kirsch's Data Diet protocol with the airbench recipe: EL2N early (averaged over runs), GraNd at init "
             "and forgetting; keep 90/70/50/40%; rules highest, coverage and random; several seeds; same-steps "
             "budget; table with mean ± std, 16-84th percentile bands and a verdict per fraction, plus the plot. "
-            "--scale smoke|cpu|gpu picks the size; any study option given here applies on top."
+            "--scale smoke|cpu|gpu picks the size (the preset files reproduce_<scale>.yaml of "
+            "lightning_datadiet.presets); any study option given here applies on top."
         ),
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="A YAML file with any of the options below.")
     parser.add_argument("--scale", type=str, default="cpu", help="smoke, cpu or gpu (see the module docs).")
     parser.add_argument(
         "--retrain_methods",
-        type=list[str] | None,
+        type=Optional[list[str]],
         default=None,
         help="Score methods whose subsets are retrained (default: all --methods; every method is still scored).",
     )
-    parser.add_class_arguments(PipelineConfig, nested_key=None, as_group=False)
+    add_study_arguments(parser)
     if scale in SCALES:
         parser.set_defaults(**SCALES[scale], retrain_methods=RETRAIN_METHODS.get(scale))
     return parser
@@ -303,8 +242,6 @@ def build_parser(scale: str = "cpu") -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``datadiet reproduce [options]``; returns the exit status (2 = bad options)."""
-    from lightning_datadiet.cli import _normalize
-
     argv = _normalize(sys.argv[2:] if argv is None else list(argv))
     scale = _scale_in(argv)
     if scale not in SCALES:
@@ -312,9 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser(scale)
     ns = parser.parse_args(argv)
-    values = {k: v for k, v in ns.as_dict().items() if k in PipelineConfig.__dataclass_fields__}
     try:
-        cfg = PipelineConfig(**values).validate()
+        cfg = config_from_namespace(parser, ns).validate()
     except PipelineError as err:
         print(f"datadiet reproduce: error: {err}", file=sys.stderr)
         return 2
@@ -323,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         (out / "config.yaml").write_text(parser.dump(ns, skip_none=False))
-    _write_json(out / "reproduce.json", {"scale": scale, "config": dataclasses.asdict(cfg)})
+    write_json(out / "reproduce.json", {"scale": scale, "config": dataclasses.asdict(cfg)})
     try:
         run_reproduce(cfg, ns.retrain_methods)
     except PipelineError as err:

@@ -29,7 +29,8 @@ def test_scales_follow_the_protocol(folder: Path) -> None:
     hw = {} if torch.cuda.is_available() else {"accelerator": "cpu"}
     for scale in SCALES:
         cfg = reproduce_config(scale, str(folder), output_dir="x", **(hw if scale == "gpu" else {}))
-        assert cfg.model == "airbench" and cfg.budget == "same_steps"
+        assert cfg.preset == "airbench" and cfg.model["class_path"] == "lightning_datadiet.demo.AirbenchModule"
+        assert cfg.data["class_path"] == "lightning_datadiet.demo.AirbenchDataModule" and cfg.budget == "same_steps"
         assert cfg.keep_fractions == [0.9, 0.7, 0.5, 0.4] and set(cfg.rules) == {"highest", "coverage"}
         assert cfg.methods == ["el2n", "grand", "forgetting"] and cfg.grand_epoch == 0
         assert cfg.el2n_epoch in (1, 2)
@@ -38,7 +39,7 @@ def test_scales_follow_the_protocol(folder: Path) -> None:
         with pytest.raises(PipelineError, match="no GPU is visible"):
             reproduce_config("gpu", str(folder))
     gpu = reproduce_config("gpu", str(folder), **hw)
-    assert gpu.num_runs == 10 and gpu.train_subset is None and gpu.width == 64
+    assert gpu.num_runs == 10 and gpu.data["init_args"]["train_subset"] is None and gpu.model["init_args"]["width"] == 64
     assert reproduce_config("smoke", str(folder), epochs=3).epochs == 3  # study options apply on top
 
 
@@ -96,4 +97,5 @@ def test_reproduce_smoke_end_to_end(folder: Path, tmp_path: Path, monkeypatch: p
     for method in ("el2n", "grand", "forgetting"):
         assert (score_dir / f"{method}_mean2runs.scores").exists()
     cfg = PipelineConfig(**json.loads((out / "config.resolved.json").read_text()))
-    assert cfg.model == "airbench" and cfg.seeds == [0]
+    assert cfg.preset == "airbench" and cfg.seeds == [0]
+    assert cfg.validate() == cfg  # a resolved config resolves to itself

@@ -408,6 +408,24 @@ class NoisyLabelDataModule(LightningDataModule):
             )
         return _rebuild_loader(loader, self.noisy_dataset)
 
+    def score_dataset(self) -> Dataset:
+        """What the score callbacks read: the wrapped module's ``score_dataset()`` (its training set without
+        augmentation) with the same noisy labels as the training loader, or the noisy training set itself."""
+        self.train_dataloader()  # the noise is drawn with the train dataset
+        noisy = self._noise()
+        hook = getattr(self.datamodule, "score_dataset", None)
+        if not callable(hook):
+            return noisy
+        view = NoisyLabelDataset(
+            hook(), self.fraction, self.mode, self.seed, num_classes=self.num_classes, target_key=self.target_key
+        )
+        if not torch.equal(view.original_targets, noisy.original_targets):
+            raise ValueError(
+                f"{type(self.datamodule).__name__}.score_dataset() holds other labels than its training set: it must "
+                "be the training set itself without augmentation (same items, labels and order)."
+            )
+        return view
+
     def state_dict(self) -> dict[str, Any]:
         return self.datamodule.state_dict()
 

@@ -1,6 +1,6 @@
 """Training recipes shipped as presets of the ``datadiet`` study (``--model airbench``)."""
 
-from lightning_datadiet.recipes.airbench import (
+from lightning_datadiet.demo.airbench import (
     AirbenchDataModule,
     AirbenchModule,
     AirbenchNet,

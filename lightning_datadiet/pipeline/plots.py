@@ -1,8 +1,7 @@
 """The ``datadiet report`` figures: test accuracy against the fraction of training data kept, and score histograms.
 
 Both draw on a bare :class:`matplotlib.figure.Figure` with the Agg canvas (no global pyplot state) and are written
-atomically. Called through :func:`lightning_datadiet.pipeline.plot_accuracy` /
-:func:`lightning_datadiet.pipeline.plot_histograms`.
+atomically.
 """
 
 from __future__ import annotations
@@ -12,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from lightning_datadiet import pipeline as _p
 from lightning_datadiet._utils import atomic_write_bytes
+from lightning_datadiet.pipeline.plan import describe, mean_score_path, settings
+from lightning_datadiet.pipeline.results import group, summary_stats
+from lightning_datadiet.store import load_scores
 
 __all__ = ["plot_accuracy", "plot_histograms", "NEVER_LEARNED_LABEL"]
 
@@ -26,9 +29,6 @@ _RULE_STYLES = {"highest": "-", "lowest": "-.", "coverage": "--"}
 
 
 def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     return fig
@@ -42,7 +42,7 @@ def _save(fig: Any, path: Path, dpi: int) -> Path:
 
 
 def _setting_title(cfg: Any, name: str) -> str:
-    noise = next(s.label_noise for s in _p.settings(cfg) if s.name == name)
+    noise = next(s.label_noise for s in settings(cfg) if s.name == name)
     return "clean labels" if noise == 0 else f"{noise:.0%} label noise ({cfg.noise_mode})"
 
 
@@ -58,8 +58,8 @@ def plot_accuracy(cfg: Any, results: list[dict[str, Any]], path: Path) -> Path:
     setting: one line per (method, rule) with the 16th-84th percentile band over seeds, the random-subset
     baseline and the full-data level. Colour = method, marker = rule, so rules stay apart even with a single
     keep fraction (then the points are drawn side by side with percentile bars instead of lines and bands)."""
-    groups = _p._group(results)
-    names = [s.name for s in _p.settings(cfg)]
+    groups = group(results)
+    names = [s.name for s in settings(cfg)]
     fractions = sorted({float(f) for (_s, m, _r, f) in groups if m != "full"}) or sorted(cfg.keep_fractions)
     single = len(fractions) == 1
     fig = _figure(4.8 * len(names), 4.2)
@@ -68,7 +68,7 @@ def plot_accuracy(cfg: Any, results: list[dict[str, Any]], path: Path) -> Path:
     for ax, name in zip(axes, names):
         full = groups.get((name, "full", "full", 1.0))
         if full:
-            m, lo, hi = _p._summary_stats(full)
+            m, lo, hi = summary_stats(full)
             ax.axhline(m, color="black", lw=1.2, label=f"full data ({len(full)} seeds)")
             ax.axhspan(lo, hi, color="black", alpha=0.08)
         curves = sorted(
@@ -78,7 +78,7 @@ def plot_accuracy(cfg: Any, results: list[dict[str, Any]], path: Path) -> Path:
         span = 0.6 * (fractions[0] if single else min(np.diff(fractions)))  # side-by-side spread, one fraction
         for k, (method, rule) in enumerate(curves):
             pts = sorted(
-                (float(f), _p._summary_stats(v))
+                (float(f), summary_stats(v))
                 for (s, m, r, f), v in groups.items()
                 if (s, m, r) == (name, method, rule)
             )
@@ -115,7 +115,7 @@ def plot_accuracy(cfg: Any, results: list[dict[str, Any]], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(
-        f"{cfg.dataset}, model {cfg.model}, budget {cfg.budget}: mean over seeds; "
+        f"{describe(cfg)}, budget {cfg.budget}: mean over seeds; "
         f"{'bars' if single else 'bands'} = 16th-84th percentile",
         fontsize=9,
     )
@@ -169,16 +169,15 @@ def plot_histograms(cfg: Any, masks: dict[str, Any], path: Path) -> Path | None:
     """Histograms of the averaged scores, one row per setting and one column per method. Every example is
     counted: ``+inf`` (never learned) is one bar at the tick labelled ``never learned (inf)``, one past the largest
     finite score (one past the largest finite count for forgetting). Corrupted labels are stacked in red."""
-    from lightning_datadiet import load_scores
 
     if not cfg.methods:
         return None
-    sets = _p.settings(cfg)
+    sets = settings(cfg)
     fig = _figure(4.2 * len(cfg.methods), 3.4 * len(sets))
     axes = fig.subplots(len(sets), len(cfg.methods), squeeze=False)
     for row, s in zip(axes, sets):
         for ax, method in zip(row, cfg.methods):
-            p = _p.mean_score_path(cfg, s, method)
+            p = mean_score_path(cfg, s, method)
             if not p.exists():
                 ax.set_axis_off()
                 continue
