@@ -29,8 +29,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from lightning_datadiet import DynamicPruningCallback, loss_weights
-from lightning_datadiet.datasets import CIFAR10DataModule
-from lightning_datadiet.models import SmallCNN
+from lightning_datadiet.demo import CIFAR10DataModule, SmallCNN
 
 
 class Module(LightningModule):

@@ -80,12 +80,11 @@ def evaluate(module: Any, loader: Any) -> float:
 
 def _recipe(name: str, args: argparse.Namespace, num_classes: int = 10) -> tuple[Any, Any]:
     if name == "airbench":
-        from lightning_datadiet.recipes.airbench import AirbenchDataModule, AirbenchModule
+        from lightning_datadiet.demo.airbench import AirbenchDataModule, AirbenchModule
 
         dm = AirbenchDataModule(args.data_dir, batch_size=args.air_batch, train_subset=args.train_subset)
         return dm, AirbenchModule(num_classes=num_classes, width=args.air_width, lr=args.air_lr)
-    from lightning_datadiet.datasets import CIFAR10DataModule
-    from lightning_datadiet.models import ClassifierModule, build_model
+    from lightning_datadiet.demo import CIFAR10DataModule, ClassifierModule, build_model
 
     # num_workers=0: its per-item crop/flip then runs in this process, so the CPU-time clock counts it
     dm = CIFAR10DataModule(args.data_dir, batch_size=128, num_workers=0, train_subset=args.train_subset)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lightning_datadiet import el2n, grand
-from lightning_datadiet.models import SmallCNN
+from lightning_datadiet.demo import SmallCNN
 
 
 def timed(fn, repeats: int, sync) -> float:

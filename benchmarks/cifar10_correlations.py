@@ -13,7 +13,7 @@ import torch
 
 from lightning_datadiet import load_scores
 from lightning_datadiet.analysis import rank_correlation
-from lightning_datadiet.datasets import CIFAR10DataModule
+from lightning_datadiet.demo import CIFAR10DataModule
 
 
 def main() -> None:

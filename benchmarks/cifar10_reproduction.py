@@ -30,8 +30,7 @@ from lightning_datadiet import (
     PrunedDataModule,
     average_scores,
 )
-from lightning_datadiet.datasets import CIFAR10DataModule
-from lightning_datadiet.models import ClassifierModule, SmallCNN
+from lightning_datadiet.demo import CIFAR10DataModule, ClassifierModule, SmallCNN
 
 METHODS = {  # name -> (score method, selection rule)
     "random": (None, "random"),

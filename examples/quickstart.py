@@ -17,8 +17,7 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_datadiet import EL2NCallback, ForgettingCallback, GraNdCallback, PrunedDataModule
-from lightning_datadiet.datasets import DigitsDataModule
-from lightning_datadiet.models import ClassifierModule, DigitsCNN
+from lightning_datadiet.demo import ClassifierModule, DigitsCNN, DigitsDataModule
 
 
 def make_trainer(epochs: int, callbacks: list | None = None) -> Trainer:

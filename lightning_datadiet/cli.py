@@ -139,7 +139,14 @@ def analyze_parser() -> ArgumentParser:
 
 
 def _plain(value: Any) -> Any:
-    return value.as_dict() if hasattr(value, "as_dict") else value
+    """jsonargparse Namespaces (also inside lists and dicts) as plain dicts."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def config_from_namespace(parser: ArgumentParser, ns: Any) -> Any:

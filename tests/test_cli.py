@@ -13,12 +13,12 @@ import torch
 
 from lightning_datadiet import load_scores, pipeline
 from lightning_datadiet.cli import main
-from lightning_datadiet.pipeline import stages
 from lightning_datadiet.pipeline import (
     PipelineConfig,
     choose_rules_on_validation,
     plan_retraining,
     plan_scoring,
+    stages,
 )
 
 # a reduced demo: clean + 20% noise, all three methods, three rules, one keep fraction, one seed

@@ -13,13 +13,16 @@ import torch
 from lightning.pytorch import Trainer
 from PIL import Image
 
-from lightning_datadiet.datasets import (
+from lightning_datadiet.demo import (
+    MODEL_NAMES,
     CIFAR10DataModule,
+    ClassifierModule,
     DigitsDataModule,
+    build_model,
     load_cifar10_arrays,
     random_crop_flip,
+    resnet18_cifar,
 )
-from lightning_datadiet.models import MODEL_NAMES, ClassifierModule, build_model, resnet18_cifar
 
 
 def test_digits_split_sizes_and_determinism():

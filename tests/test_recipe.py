@@ -13,7 +13,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.utils.data import DataLoader, Subset
 
 from lightning_datadiet import EL2NCallback, ForgettingCallback, GraNdCallback
-from lightning_datadiet.recipes.airbench import (
+from lightning_datadiet.demo.airbench import (
     AirbenchDataModule,
     AirbenchModule,
     AirbenchNet,

@@ -104,7 +104,7 @@ class ImageTensorDataset(Dataset):
 
 
 class AirbenchDataModule(CIFAR10DataModule):
-    """:class:`~lightning_datadiet.datasets.CIFAR10DataModule` (same sources: the CIFAR-10 JPEG zip, any
+    """:class:`~lightning_datadiet.demo.CIFAR10DataModule` (same sources: the CIFAR-10 JPEG zip, any
     ImageFolder-layout folder with ``train/`` and ``test/``, torchvision's CIFAR10 root; same splits, subsets and
     label noise) with the fast data path: every split is an :class:`ImageTensorDataset` of raw uint8 images,
     loaders index batches with one tensor op (no workers needed), and when the Trainer runs on CUDA the images

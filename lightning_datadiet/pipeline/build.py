@@ -253,6 +253,7 @@ def quiet_lightning(cfg: PipelineConfig) -> Iterator[None]:
             ".*is smaller than the logging interval.*",
             ".*Checkpoint directory.*",
             ".*You defined a `validation_step` but have no `val_dataloader`.*",
+            ".*You passed in a `val_dataloader` but have no `validation_step`.*",
         ):
             warnings.filterwarnings("ignore", message=pattern)
         try:

@@ -354,8 +354,15 @@ def _resolve(cfg: PipelineConfig) -> PipelineConfig:
     return r
 
 
-def _plain(spec: Any) -> Any:
-    return spec.as_dict() if hasattr(spec, "as_dict") else spec
+def _plain(value: Any) -> Any:
+    """jsonargparse Namespaces (also inside lists and dicts) as plain dicts."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _class_path(spec: Any) -> str:

@@ -9,6 +9,7 @@ exactly as ``LightningCLI`` would.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import warnings
@@ -80,7 +81,7 @@ def _instantiate(parser: Any, namespace: Any) -> Any:
 
 def _parse(kind: str, value: Any) -> Any:
     try:
-        return _parser(kind).parse_object({kind: _as_dict(value)})
+        return _parser(kind).parse_object({kind: copy.deepcopy(_as_dict(value))})  # (it may change what it is given)
     except Exception as err:  # jsonargparse reports type errors and unknown init args as ArgumentError
         what = {"model": "--model (a LightningModule)", "data": "--data (a LightningDataModule)"}.get(kind, "--trainer")
         raise SpecError(f"{what}: {err}") from err
