@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args
 
+import torch
+from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+from lightning_datadiet.demo.data import _detect_layout
 from lightning_datadiet.pipeline.specs import (
     SpecError,
     accepts,
@@ -249,12 +253,6 @@ class PipelineConfig:
 # ------------------------------------------------------------------------------------------------ resolution
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _set_init_arg(kind: str, spec: dict[str, Any], name: str, value: Any) -> None:
     """``--width 32`` sets ``width`` of the model class: refused with the fix when the class takes no such arg."""
     cls = import_class(spec["class_path"])
@@ -296,7 +294,7 @@ def _resolve(cfg: PipelineConfig) -> PipelineConfig:
             net = model_name
             if net == "auto":
                 acc = str(cfg.accelerator or defaults.get("accelerator", "auto")).lower()
-                gpu = acc in ("gpu", "cuda") or (acc == "auto" and _cuda_available())
+                gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
                 net = "resnet18" if gpu else "small_cnn"
             if net == "resnet18" and r.preset == "digits":
                 raise PipelineError("--model resnet18 needs 32x32 images; use digits_cnn or mlp for digits.")
@@ -434,8 +432,6 @@ def _study_problems(r: PipelineConfig) -> list[str]:  # noqa: C901 - a flat list
 
     data_args = r.data["init_args"]
     if r.preset in ("cifar10", "airbench"):
-        from lightning_datadiet.demo.data import _detect_layout
-
         try:
             _detect_layout(Path(str(data_args["data_dir"])).expanduser())
         except FileNotFoundError as err:
@@ -539,23 +535,12 @@ _ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 def _precision_values() -> tuple[str, ...]:
-    """The precision strings Lightning accepts (read from Lightning; a fixed list if that moves)."""
-    try:
-        from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
-
-        values = {str(v) for t in (_PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS) for v in get_args(t)}
-    except ImportError:  # pragma: no cover - another Lightning layout
-        values = set()
-    if not values:  # pragma: no cover
-        values = {"transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
-                  "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16"}  # fmt: skip
-    return tuple(sorted(values))
+    """The precision strings Lightning accepts (read from Lightning's own type hints)."""
+    return tuple(sorted({str(v) for t in (_PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS) for v in get_args(t)}))
 
 
 def _hardware_problems(r: PipelineConfig) -> list[str]:
     """``--accelerator`` must name an accelerator that is there, ``--precision`` one Lightning knows."""
-    import torch
-
     problems = []
     acc = str(r.accelerator).lower()
     mps = getattr(torch.backends, "mps", None)

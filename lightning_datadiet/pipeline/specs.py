@@ -16,6 +16,9 @@ import warnings
 from functools import cache
 from typing import Any
 
+from jsonargparse import ArgumentParser
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+
 __all__ = ["SpecError", "import_class", "accepts", "normalize_spec", "instantiate_spec", "trainer_objects"]
 
 
@@ -54,9 +57,6 @@ def accepts(cls: type, name: str) -> bool:
 
 @cache
 def _parser(kind: str) -> Any:
-    from jsonargparse import ArgumentParser
-    from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-
     parser = ArgumentParser(exit_on_error=False)
     if kind == "trainer":
         parser.add_class_arguments(Trainer, "trainer", fail_untyped=False, instantiate=False, sub_configs=True)
