@@ -6,8 +6,9 @@ import math
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write_bytes", "fsync_dir", "fraction_count"]
+__all__ = ["atomic_write_bytes", "fsync_dir", "fraction_count", "plain"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -56,3 +57,14 @@ def fraction_count(n: int, fraction: float) -> int:
     from fractions import Fraction
 
     return int(math.floor(n * Fraction(repr(float(fraction))) + Fraction(1, 2)))
+
+
+def plain(value: Any) -> Any:
+    """jsonargparse Namespaces (also inside lists and dicts) as plain dicts; anything else as it is."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value

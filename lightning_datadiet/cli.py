@@ -28,6 +28,8 @@ from typing import Any, Literal, Optional, Union
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from lightning_datadiet._utils import plain
+
 __all__ = ["main", "build_parser", "stage_parser", "STAGES"]
 
 #: stage -> (short help, long description)
@@ -138,17 +140,6 @@ def analyze_parser() -> ArgumentParser:
     return parser
 
 
-def _plain(value: Any) -> Any:
-    """jsonargparse Namespaces (also inside lists and dicts) as plain dicts."""
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def config_from_namespace(parser: ArgumentParser, ns: Any) -> Any:
     """The :class:`PipelineConfig` of a parsed stage: study options as given, ``model`` / ``data`` as class-path
     dicts, ``trainer`` holding only the Trainer arguments that differ from Trainer's defaults."""
@@ -158,11 +149,11 @@ def config_from_namespace(parser: ArgumentParser, ns: Any) -> Any:
     values = {k: v for k, v in ns.as_dict().items() if k in fields and k not in _STUDY_FIELDS_SKIPPED}
     given, defaults = ns.get("trainer"), parser.get_defaults().get("trainer")
     trainer = {
-        name: _plain(value)
+        name: plain(value)
         for name, value in (vars(given).items() if given is not None else ())
-        if _plain(value) != _plain(getattr(defaults, name, None))
+        if plain(value) != plain(getattr(defaults, name, None))
     }
-    return PipelineConfig(**values, model=_plain(ns.model), data=_plain(ns.data), trainer=trainer)
+    return PipelineConfig(**values, model=plain(ns.model), data=plain(ns.data), trainer=trainer)
 
 
 def _import_from_cwd() -> None:

@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional, Union, get_args
 import torch
 from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 
+from lightning_datadiet._utils import plain
 from lightning_datadiet.demo.data import _detect_layout
 from lightning_datadiet.pipeline.specs import (
     SpecError,
@@ -324,8 +325,8 @@ def _resolve(cfg: PipelineConfig) -> PipelineConfig:
                 "--data names your DataModule, so --model must name your LightningModule too (a class path, e.g. "
                 "--model my_pkg.MyNet --model.width 64); the built-in network names apply to the built-in datasets."
             )
-        data_spec = copy.deepcopy(_plain(cfg.data))
-        model_spec = copy.deepcopy(_plain(cfg.model))
+        data_spec = copy.deepcopy(plain(cfg.data))
+        model_spec = copy.deepcopy(plain(cfg.model))
     if isinstance(model_spec, str):
         model_spec = {"class_path": model_spec}
     model_spec.setdefault("init_args", {})
@@ -352,26 +353,15 @@ def _resolve(cfg: PipelineConfig) -> PipelineConfig:
     return r
 
 
-def _plain(value: Any) -> Any:
-    """jsonargparse Namespaces (also inside lists and dicts) as plain dicts."""
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def _class_path(spec: Any) -> str:
-    spec = _plain(spec)
+    spec = plain(spec)
     return str(spec.get("class_path")) if isinstance(spec, dict) else str(spec)
 
 
 def _resolve_trainer(r: PipelineConfig, defaults: dict[str, Any]) -> None:
     """``accelerator``/``devices``/``precision`` may be given as study options or as ``--trainer.*``; they are
     kept as study options. Trainer arguments equal to Trainer's defaults are dropped (they change nothing)."""
-    trainer = {k: _plain(v) for k, v in r.trainer.items()}
+    trainer = {k: plain(v) for k, v in r.trainer.items()}
     for name, default in (("accelerator", "auto"), ("devices", 1), ("precision", None)):
         if name in trainer:
             value = trainer.pop(name)
