@@ -46,7 +46,17 @@ from lightning_datadiet.pipeline.plan import describe, settings
 from lightning_datadiet.pipeline.results import group
 from lightning_datadiet.presets import load_preset
 
-__all__ = ["SCALES", "RETRAIN_METHODS", "write_verdicts", "reproduce_config", "verdict_rows", "format_verdicts", "run_reproduce", "main"]
+__all__ = [
+    "SCALES",
+    "RETRAIN_METHODS",
+    "write_verdicts",
+    "reproduce_config",
+    "own_model_and_data",
+    "verdict_rows",
+    "format_verdicts",
+    "run_reproduce",
+    "main",
+]
 
 #: the study options of each scale: the preset files ``lightning_datadiet/presets/reproduce_<scale>.yaml``
 SCALES: dict[str, dict[str, Any]] = {}
@@ -69,7 +79,27 @@ def reproduce_config(scale: str, data_dir: str | None = None, **overrides: Any) 
     values = {**SCALES[scale], **overrides}
     if data_dir is not None:
         values["data_dir"] = data_dir
-    return PipelineConfig(**values).validate()
+    return own_model_and_data(PipelineConfig(**values), scale).validate()
+
+
+#: the scale presets' shorthands for the airbench recipe on CIFAR-10 (they do not apply to one's own model/data)
+_RECIPE_SHORTHANDS = ("dataset", "data_dir", "train_subset", "batch_size", "num_workers", "width", "lr", "weight_decay")
+
+
+def own_model_and_data(cfg: PipelineConfig, scale: str) -> PipelineConfig:
+    """The protocol of a scale on one's own model and data: when ``cfg`` names a model or data class path, the
+    scale's recipe shorthands (its dataset, image subset, width, batch size, learning rate) are dropped unless
+    they were given on top of the preset; the protocol (scores, epochs, fractions, rules, seeds, budget) stays."""
+    own_model = isinstance(cfg.model, dict) or (isinstance(cfg.model, str) and "." in cfg.model)
+    if cfg.data is None and not own_model:
+        return cfg
+    preset = SCALES[scale]
+    changes: dict[str, Any] = {
+        name: None for name in _RECIPE_SHORTHANDS if name in preset and getattr(cfg, name) == preset[name]
+    }
+    if cfg.data is not None and not own_model:
+        changes["model"] = None if cfg.model == preset.get("model") else cfg.model
+    return dataclasses.replace(cfg, **changes)
 
 
 # ------------------------------------------------------------------------------------------------ verdicts
@@ -250,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(scale)
     ns = parser.parse_args(argv)
     try:
-        cfg = config_from_namespace(parser, ns).validate()
+        cfg = own_model_and_data(config_from_namespace(parser, ns), scale).validate()
     except PipelineError as err:
         print(f"datadiet reproduce: error: {err}", file=sys.stderr)
         return 2

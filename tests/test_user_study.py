@@ -301,3 +301,17 @@ def test_accuracy_is_measured_from_the_logits() -> None:
     module = Fixed()
     trainer.strategy.connect(module)
     assert accuracy(trainer, module, DataLoader(TensorDataset(x, y), batch_size=2), "test") == pytest.approx(0.6)
+
+
+@pytest.mark.slow
+def test_reproduce_runs_the_protocol_on_a_users_own_model_and_data(user_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`datadiet reproduce` keeps the protocol of its scale and drops the airbench recipe's CIFAR-10 shorthands."""
+    out = user_dir / "repro"
+    argv = ["reproduce", "--scale", "smoke", "--model", "user_study_mod.TinyNet", "--data", "user_study_mod.BlobData",
+            "--output_dir", str(out)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    table = (out / "verdicts.md").read_text()
+    assert "model TinyNet" in table and table.count("| clean |") == 1 + 4 * 3  # full + (random, highest, coverage) x 4
+    resolved = json.loads((out / "reproduce.json").read_text())["config"]
+    assert resolved["preset"] is None and resolved["keep_fractions"] == [0.9, 0.7, 0.5, 0.4]
+    assert resolved["data"]["init_args"] == {"n": 120, "batch_size": 16, "seed": 0}  # not the preset's batch 64
