@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write_bytes", "fsync_dir"]
+from torch import nn
+
+__all__ = ["atomic_write_bytes", "eval_mode", "fraction_count", "fsync_dir"]
+
+
+def fraction_count(n: int, fraction: float | Fraction) -> int:
+    """``fraction`` x ``n`` as a count, with the one rounding the package uses everywhere: round half up, computed
+    exactly on the decimal value written (``0.35`` is 7/20, not the binary 0.34999...; a ``Fraction`` is taken as
+    is). May return 0; callers that need at least one example say so (:func:`~lightning_datadiet.selection.keep_count`).
+
+    Example:
+        >>> fraction_count(45, 0.7), fraction_count(10, 0.35), fraction_count(5, 0.5), fraction_count(3, 0.1)
+        (32, 4, 3, 0)
+    """
+    exact = fraction if isinstance(fraction, Fraction) else Fraction(repr(float(fraction)))
+    return math.floor(n * exact + Fraction(1, 2))
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[Any]:
+    """Put ``modules`` in eval mode; afterwards every submodule gets back its own ``training`` flag (a model with
+    mixed flags, e.g. a frozen BatchNorm in eval inside a training network, comes back exactly as it was). Yields
+    the module (a tuple of them when several are given)."""
+    flags = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield modules[0] if len(modules) == 1 else modules
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def fsync_dir(directory: Path) -> None:

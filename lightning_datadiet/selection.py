@@ -13,7 +13,8 @@ hardest), ``-inf`` below, ``-0.0`` equals ``0.0``, and NaN is refused. Consequen
   ``lowest`` is ``window(size=k, offset=0)``.
 
 **Counts and fractions.** A ``k`` (``size``, ``offset``) given as an ``int`` is a count; a ``float`` is a fraction of
-``N`` turned into a count by :func:`keep_count` (round half up, computed exactly on the decimal value written).
+``N`` turned into a count by :func:`~lightning_datadiet._utils.fraction_count` (round half up, computed exactly on
+the decimal value written), the one rounding of the package.
 
 **Class balance.** With ``class_balanced=True`` the budget ``k`` is split into per-class quotas proportional to class
 frequency by :func:`class_quotas` (largest-remainder rounding; they sum exactly to ``k``), and the rule is applied
@@ -24,13 +25,13 @@ All rules run in O(N log N) without Python loops over examples (loops over class
 
 from __future__ import annotations
 
-import math
-from fractions import Fraction
 from typing import Any, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from lightning_datadiet._utils import fraction_count
 
 __all__ = [
     "SELECTION_RULES",
@@ -139,20 +140,11 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def _exact(value: float) -> Fraction:
-    # the decimal the user wrote (0.35 -> 7/20), not its binary approximation (0.34999...)
-    return Fraction(repr(float(value)))
-
-
-def _round_half_up(x: Fraction) -> int:
-    return math.floor(x + Fraction(1, 2))
-
-
 def keep_count(n: int, keep_fraction: float) -> int:
     """Number of examples kept when keeping ``keep_fraction`` of ``n``.
 
-    ``round_half_up(n * keep_fraction)``, computed exactly on the decimal value of ``keep_fraction`` (so
-    ``keep_count(10, 0.35) == 4`` and ``keep_count(5, 0.5) == 3``), and at least 1.
+    :func:`~lightning_datadiet._utils.fraction_count` (round half up, computed exactly on the decimal value of
+    ``keep_fraction``, so ``keep_count(10, 0.35) == 4`` and ``keep_count(5, 0.5) == 3``), and at least 1.
 
     Raises:
         ValueError: ``keep_fraction`` outside ``(0, 1]`` or ``n < 1``.
@@ -167,7 +159,7 @@ def keep_count(n: int, keep_fraction: float) -> int:
         )
     if n < 1:
         raise ValueError(f"Cannot select from {n} examples.")
-    return max(1, min(n, _round_half_up(n * _exact(keep_fraction))))
+    return max(1, min(n, fraction_count(n, keep_fraction)))
 
 
 def _as_count(value: Count, n: int, *, name: str, allow_zero: bool) -> int:
@@ -181,7 +173,7 @@ def _as_count(value: Count, n: int, *, name: str, allow_zero: bool) -> int:
         if not (lo_ok and value <= 1.0):
             bound = "[0, 1]" if allow_zero else "(0, 1]"
             raise ValueError(f"`{name}`={value!r} as a float is a fraction of N and must lie in {bound}; pass an int for a count.")
-        count = _round_half_up(n * _exact(value))
+        count = fraction_count(n, value)
         return count if allow_zero else max(1, count)
     lo = 0 if allow_zero else 1
     if not lo <= value <= n:
@@ -540,7 +532,7 @@ def coverage(
     sizes = torch.bincount(groups, minlength=num_groups)
 
     # 1. drop the hardest beta fraction of every group (their top ranks)
-    drops = torch.tensor([_round_half_up(m * _exact(beta)) for m in sizes.tolist()])
+    drops = torch.tensor([fraction_count(m, beta) for m in sizes.tolist()])
     if not int(drops.sum()):
         pool = torch.arange(n)
     elif num_groups == 1:

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torch.utils.data import DistributedSampler
 from typing_extensions import override
 
+from lightning_datadiet._utils import fraction_count
 from lightning_datadiet.callbacks._base import default_seed
 from lightning_datadiet.callbacks._presentations import PresentationRecorder, adopt_state, epoch_completed
 from lightning_datadiet.scores.forgetting import occurrence_rounds
@@ -61,8 +62,8 @@ class DynamicPruningCallback(Callback):
 
     - ``e == 0``, or ``e`` among the last ``ceil(anneal x max_epochs)`` epochs: every example is used;
     - otherwise the *candidates* are the examples whose latest loss is below the mean latest loss (over examples
-      presented so far), and ``round(prune_ratio x candidates)`` of them, drawn at random with a generator seeded by
-      ``(seed, e)``, are skipped for the epoch.
+      presented so far), and ``prune_ratio x candidates`` of them (rounded half up, as every count in the package),
+      drawn at random with a generator seeded by ``(seed, e)``, are skipped for the epoch.
 
     Skipping happens in the training DataLoader's batch sampler (the seam the sample tracking uses): skipped indices
     are omitted from the sampler's stream, the rest is batched as usual, and the epoch has fewer batches (Lightning's
@@ -209,7 +210,7 @@ class DynamicPruningCallback(Callback):
             losses = self.latest_loss.double()
             candidates = seen & (losses < losses[seen].mean())
             idx = candidates.nonzero().flatten()
-            k = int(round(self.prune_ratio * idx.numel()))
+            k = fraction_count(idx.numel(), self.prune_ratio)
             g = torch.Generator().manual_seed(int(self.seed or 0) * 1_000_003 + epoch)
             mask[idx[torch.randperm(idx.numel(), generator=g)[:k]]] = True
         self.skipped_by_epoch[epoch] = mask
