@@ -179,6 +179,11 @@ class DynamicPruningCallback(Callback):
             self._trainer = None
 
     @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._recorder.teardown(trainer)  # Lightning calls no teardown hook after a failed fit
+        self._trainer = None
+
+    @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         adopt_state(self, checkpoint)
 
@@ -250,10 +255,16 @@ class DynamicPruningCallback(Callback):
                 other = copy.copy(sampler)
                 other.rank = rank
                 streams.append(list(iter(other)))
-            order = [streams[r][j] for j in range(len(streams[0])) for r in range(len(streams))]  # the global order
+            world = sampler.num_replicas
+            order = [streams[r][j] for j in range(len(streams[0])) for r in range(world)]  # the global order
+            if not sampler.drop_last:  # without the sampler's padding: it repeats the first indices at the end
+                order = order[: len(sampler.dataset)]  # type: ignore[arg-type]
             kept = [i for i in order if not mask[i]]
-            kept += kept[: (-len(kept)) % sampler.num_replicas]  # pad with repeats, as DistributedSampler does
-            plan = kept[sampler.rank :: sampler.num_replicas]
+            if sampler.drop_last:  # even out the ranks as DistributedSampler does: drop the tail, or pad with repeats
+                kept = kept[: len(kept) - len(kept) % world]
+            else:
+                kept += (kept * world)[: (-len(kept)) % world]
+            plan = kept[sampler.rank :: world]
         else:
             plan = [int(i) for i in iter(sampler) if not mask[int(i)]]
         self._plan_cache = (epoch, id(sampler), plan)

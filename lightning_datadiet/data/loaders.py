@@ -35,28 +35,28 @@ def loader_settings(loader: DataLoader) -> dict[str, Any]:
 
 
 def subclass_settings(loader: DataLoader) -> dict[str, Any]:
-    """The ``__init__`` arguments a ``DataLoader`` subclass adds to torch's (e.g. torchdata's ``StatefulDataLoader``
-    and its ``snapshot_every_n_steps``), read from the attributes of the same name.
+    """:func:`loader_settings`, plus the ``__init__`` arguments a ``DataLoader`` subclass adds to torch's (e.g.
+    torchdata's ``StatefulDataLoader`` and its ``snapshot_every_n_steps``), read from the attributes of the same name.
 
     Raises:
         TypeError: a required argument the loader does not keep as an attribute: it cannot be rebuilt.
     """
+    settings = loader_settings(loader)
     if type(loader) is DataLoader:
-        return {}
+        return settings
     base = inspect.signature(DataLoader.__init__).parameters
-    extra: dict[str, Any] = {}
     for name, param in inspect.signature(type(loader).__init__).parameters.items():
         if name == "self" or name in base or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         if hasattr(loader, name):
-            extra[name] = getattr(loader, name)
+            settings[name] = getattr(loader, name)
         elif param.default is param.empty:
             raise TypeError(
                 f"{type(loader).__name__}.__init__ requires `{name}`, which the loader does not keep as an attribute "
                 f"of that name, so the loader cannot be rebuilt with its settings. Store it as `self.{name}` in "
                 f"{type(loader).__name__}.__init__, or return a torch DataLoader."
             )
-    return extra
+    return settings
 
 
 def loader_batch_size(loader: Any) -> int | None:
