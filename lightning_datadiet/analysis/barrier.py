@@ -32,6 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
 from lightning_datadiet._utils import eval_mode
+from lightning_datadiet.data.targets import batch_inputs_targets
 
 __all__ = ["interpolate_state", "update_bn_statistics", "classification_error", "error_barrier"]
 
@@ -76,8 +77,6 @@ def interpolate_state(
 def _batches(data: Data, batch_size: int) -> Iterator[tuple[Any, Tensor]]:
     """``(inputs, targets)`` batches from a DataLoader (tuple or dict batches) or an ``(inputs, targets)`` pair."""
     if isinstance(data, DataLoader):
-        from lightning_datadiet.data.targets import batch_inputs_targets
-
         for batch in data:
             yield batch_inputs_targets(batch)
         return

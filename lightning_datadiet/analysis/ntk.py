@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
@@ -264,9 +266,6 @@ def plot_velocity_by_group(
     Returns:
         The path written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if isinstance(velocity, Mapping):
         lines = {str(k): torch.as_tensor(v).reshape(-1) for k, v in velocity.items()}
     else:

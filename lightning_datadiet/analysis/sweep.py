@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from lightning_datadiet._utils import fraction_count
@@ -117,9 +119,6 @@ def plot_sliding_window(
     Returns:
         The path written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(5.5, 3.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
