@@ -258,3 +258,22 @@ def test_no_guard_bypass_or_class_built_at_run_time_in_the_package():
                 assert "fit_loop" not in inspect.getsource(obj), name
     assert "fit_loop._data_source" in inspect.getsource(tracking_module._train_source).replace("loop = trainer.fit_loop\n    source = getattr(loop, \"_data_source\"", "fit_loop._data_source")
     assert "trackers" in inspect.signature(TrackingBatchSampler).parameters
+
+
+def test_the_scoring_pass_uses_the_training_batch_size_of_a_tracked_loader(tmp_path):
+    """The tracked loader is built with `batch_sampler=` (its `batch_size` attribute is None): the EL2N pass still
+    scores in batches of the training loader's size."""
+    from lightning_datadiet import EL2NCallback
+
+    class Recording(EL2NCallback):
+        sizes: list = []
+
+        def score_batch(self, module, inputs, targets):
+            self.sizes.append(int(inputs.shape[0]))
+            return super().score_batch(module, inputs, targets)
+
+    el2n = Recording(epochs=[1], save=False)
+    _trainer(tmp_path, [ForgettingCallback(save=False), el2n], max_epochs=1).fit(
+        TinyModule(), datamodule=TinyDataModule(n=22, batch_size=5)
+    )
+    assert Recording.sizes == [5, 5, 5, 5, 2]
