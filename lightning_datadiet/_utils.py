@@ -1,4 +1,5 @@
-"""Small helpers with one copy each in the package."""
+"""Small helpers with one copy each in the package (light: importing this module imports neither torch nor
+Lightning)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # annotations only: the pipeline and `datadiet --help` import this module without torch
+    from torch import nn
 
 __all__ = ["atomic_write_bytes", "eval_mode", "fraction_count", "fsync_dir"]
 

@@ -285,7 +285,7 @@ class DynamicPruningCallback(Callback):
         if isinstance(limit, int) and not isinstance(limit, bool):
             full_batches, per_rank = min(full_batches, limit), min(per_rank, limit)
         elif isinstance(limit, float) and limit != 1.0:
-            full_batches, per_rank = int(full_batches * limit), int(per_rank * limit)
+            full_batches, per_rank = int(full_batches * limit), int(per_rank * limit)  # Lightning's own rounding (floor)
         # Lightning computed the batch count (and the combined loader's limit) once, when the loader was built: make
         # them this epoch's, so the epoch ends, validates and steps epoch-interval schedulers at its real last batch.
         fit_loop = trainer.fit_loop
@@ -296,7 +296,7 @@ class DynamicPruningCallback(Callback):
             if fit_loop.max_batches != per_rank:
                 fit_loop.max_batches = per_rank
                 if isinstance(trainer.val_check_interval, float) and trainer.val_check_batch not in (None, float("inf")):
-                    trainer.val_check_batch = max(1, int(per_rank * trainer.val_check_interval))
+                    trainer.val_check_batch = max(1, int(per_rank * trainer.val_check_interval))  # as Lightning
         acc = max(1, int(trainer.accumulate_grad_batches))
         self.steps_saved[epoch] = -(-full_batches // acc) - (-(-per_rank // acc))
         self._decide(epoch)
