@@ -1,14 +1,49 @@
-"""Small helpers with one copy each in the package."""
+"""Small helpers with one copy each in the package (light: importing this module imports neither torch nor
+Lightning)."""
 
 from __future__ import annotations
 
 import math
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["atomic_write_bytes", "fsync_dir", "fraction_count", "plain"]
+if TYPE_CHECKING:  # annotations only: the pipeline and `datadiet --help` import this module without torch
+    from torch import nn
+
+__all__ = ["atomic_write_bytes", "eval_mode", "fraction_count", "fsync_dir", "plain"]
+
+
+def fraction_count(n: int, fraction: float | Fraction) -> int:
+    """``fraction`` x ``n`` as a count, with the one rounding the package uses everywhere: round half up, computed
+    exactly on the decimal value written (``0.35`` is 7/20, not the binary 0.34999...; a ``Fraction`` is taken as
+    is). May return 0; callers that need at least one example say so (:func:`~lightning_datadiet.selection.keep_count`).
+
+    Example:
+        >>> fraction_count(45, 0.7), fraction_count(10, 0.35), fraction_count(5, 0.5), fraction_count(3, 0.1)
+        (32, 4, 3, 0)
+    """
+    exact = fraction if isinstance(fraction, Fraction) else Fraction(repr(float(fraction)))
+    return math.floor(n * exact + Fraction(1, 2))
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[Any]:
+    """Put ``modules`` in eval mode; afterwards every submodule gets back its own ``training`` flag (a model with
+    mixed flags, e.g. a frozen BatchNorm in eval inside a training network, comes back exactly as it was). Yields
+    the module (a tuple of them when several are given)."""
+    flags = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield modules[0] if len(modules) == 1 else modules
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def fsync_dir(directory: Path) -> None:
@@ -49,14 +84,6 @@ def atomic_write_bytes(target: Path, data: bytes | memoryview) -> None:
             pass
         raise
     fsync_dir(directory)
-
-
-def fraction_count(n: int, fraction: float) -> int:
-    """``fraction`` of ``n`` as a count: round half up, computed exactly on the decimal value written (so
-    ``fraction_count(10, 0.35) == 4``, ``fraction_count(45, 0.7) == 32``); may be 0."""
-    from fractions import Fraction
-
-    return int(math.floor(n * Fraction(repr(float(fraction))) + Fraction(1, 2)))
 
 
 def plain(value: Any) -> Any:

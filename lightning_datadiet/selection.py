@@ -13,7 +13,8 @@ hardest), ``-inf`` below, ``-0.0`` equals ``0.0``, and NaN is refused. Consequen
   ``lowest`` is ``window(size=k, offset=0)``.
 
 **Counts and fractions.** A ``k`` (``size``, ``offset``) given as an ``int`` is a count; a ``float`` is a fraction of
-``N`` turned into a count by :func:`keep_count` (round half up, computed exactly on the decimal value written).
+``N`` turned into a count by :func:`~lightning_datadiet._utils.fraction_count` (round half up, computed exactly on
+the decimal value written), the one rounding of the package.
 
 **Class balance.** With ``class_balanced=True`` the budget ``k`` is split into per-class quotas proportional to class
 frequency by :func:`class_quotas` (largest-remainder rounding; they sum exactly to ``k``), and the rule is applied
@@ -24,13 +25,22 @@ All rules run in O(N log N) without Python loops over examples (loops over class
 
 from __future__ import annotations
 
-import math
-from fractions import Fraction
 from typing import Any, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from lightning_datadiet._ranking import (
+    _as_sorted,
+    _group_order,
+    _group_rank_order,
+    _sort_key,
+    _take_per_group,
+    _take_ranges,
+)
+from lightning_datadiet._utils import fraction_count
+from lightning_datadiet.data.budget import retrain_epochs, same_steps_epochs  # its home is data/; kept here
 
 __all__ = [
     "SELECTION_RULES",
@@ -139,20 +149,11 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def _exact(value: float) -> Fraction:
-    # the decimal the user wrote (0.35 -> 7/20), not its binary approximation (0.34999...)
-    return Fraction(repr(float(value)))
-
-
-def _round_half_up(x: Fraction) -> int:
-    return math.floor(x + Fraction(1, 2))
-
-
 def keep_count(n: int, keep_fraction: float) -> int:
     """Number of examples kept when keeping ``keep_fraction`` of ``n``.
 
-    ``round_half_up(n * keep_fraction)``, computed exactly on the decimal value of ``keep_fraction`` (so
-    ``keep_count(10, 0.35) == 4`` and ``keep_count(5, 0.5) == 3``), and at least 1.
+    :func:`~lightning_datadiet._utils.fraction_count` (round half up, computed exactly on the decimal value of
+    ``keep_fraction``, so ``keep_count(10, 0.35) == 4`` and ``keep_count(5, 0.5) == 3``), and at least 1.
 
     Raises:
         ValueError: ``keep_fraction`` outside ``(0, 1]`` or ``n < 1``.
@@ -167,7 +168,7 @@ def keep_count(n: int, keep_fraction: float) -> int:
         )
     if n < 1:
         raise ValueError(f"Cannot select from {n} examples.")
-    return max(1, min(n, _round_half_up(n * _exact(keep_fraction))))
+    return max(1, min(n, fraction_count(n, keep_fraction)))
 
 
 def _as_count(value: Count, n: int, *, name: str, allow_zero: bool) -> int:
@@ -181,7 +182,7 @@ def _as_count(value: Count, n: int, *, name: str, allow_zero: bool) -> int:
         if not (lo_ok and value <= 1.0):
             bound = "[0, 1]" if allow_zero else "(0, 1]"
             raise ValueError(f"`{name}`={value!r} as a float is a fraction of N and must lie in {bound}; pass an int for a count.")
-        count = _round_half_up(n * _exact(value))
+        count = fraction_count(n, value)
         return count if allow_zero else max(1, count)
     lo = 0 if allow_zero else 1
     if not lo <= value <= n:
@@ -190,21 +191,6 @@ def _as_count(value: Count, n: int, *, name: str, allow_zero: bool) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ the ranking
-
-
-def _sort_key(scores: Tensor) -> Tensor:
-    """An integer tensor whose order equals the order of ``scores`` (no NaN), so an integer radix sort applies."""
-    if not scores.is_floating_point():
-        return scores if scores.dtype in (torch.int32, torch.int64) else scores.to(torch.int64)
-    if scores.dtype in (torch.float16, torch.bfloat16):
-        scores = scores.float()
-    scores = torch.where(scores == 0, torch.zeros_like(scores), scores)  # -0.0 ties with 0.0
-    if scores.dtype == torch.float32:
-        bits, mask = scores.view(torch.int32), 0x7FFFFFFF
-    else:
-        bits, mask = scores.to(torch.float64).view(torch.int64), 0x7FFFFFFFFFFFFFFF
-    # IEEE-754: non-negative floats order like their bit patterns; negative ones in reverse
-    return torch.where(bits < 0, bits ^ mask, bits)
 
 
 def rank_order(scores: Tensor) -> Tensor:
@@ -219,55 +205,6 @@ def rank_order(scores: Tensor) -> Tensor:
     """
     scores = check_scores(scores)
     return torch.sort(_sort_key(scores), stable=True).indices
-
-
-def _as_sorted(indices: Tensor, n: int) -> Tensor:
-    """Sorted indices in O(n) through a mask."""
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[indices] = True
-    return mask.nonzero().flatten()
-
-
-def _group_order(groups: Tensor) -> Tensor:
-    """Stable argsort of small non-negative group ids (an integer radix sort on the narrowest dtype)."""
-    top = int(groups.max()) if groups.numel() else 0
-    small = groups.to(torch.int16 if top < 2**15 else torch.int32 if top < 2**31 else torch.int64)
-    return torch.argsort(small, stable=True)
-
-
-def _group_rank_order(scores: Tensor, groups: Tensor) -> Tensor:
-    """Indices grouped by ``groups`` (ascending group id), in ascending rank order within each group."""
-    key = _sort_key(scores)
-    if key.dtype == torch.int32 and int(groups.max()) < 2**31:  # one radix sort on (group, score) packed in 64 bits
-        packed = (groups.to(torch.int64) << 32) | (key.to(torch.int64) + 2**31)
-        return torch.sort(packed, stable=True).indices
-    order = torch.sort(key, stable=True).indices
-    return order[_group_order(groups[order])]
-
-
-def _take_ranges(grouped: Tensor, sizes: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """``grouped`` holds group 0's elements, then group 1's, ... (``sizes[g]`` each): keep positions
-    ``[lo[g], hi[g])`` of each group."""
-    if sizes.numel() <= 256:  # few groups: slices
-        spans, start = [], 0
-        for count, a, b in zip(sizes.tolist(), lo.tolist(), hi.tolist()):
-            if b > a:
-                spans.append(grouped[start + a : start + b])
-            start += count
-        return torch.cat(spans) if spans else grouped[:0]
-    g_sorted = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
-    pos = torch.arange(grouped.numel()) - (torch.cumsum(sizes, 0) - sizes)[g_sorted]  # position within group
-    return grouped[(pos >= lo[g_sorted]) & (pos < hi[g_sorted])]
-
-
-def _take_per_group(order: Tensor, groups: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """For each group g, the elements of ``order`` at positions ``[lo[g], hi[g])`` among those of group g.
-
-    ``order``: candidate indices [M]; ``groups``: the group of each element of ``order`` [M]; ``lo``/``hi``: [G].
-    Positions within a group follow the order of ``order`` (stable grouping).
-    """
-    sizes = torch.bincount(groups, minlength=lo.numel())
-    return _take_ranges(order[_group_order(groups)], sizes, lo, hi)
 
 
 def class_quotas(labels: Tensor, k: int, *, num_classes: int | None = None) -> Tensor:
@@ -540,7 +477,7 @@ def coverage(
     sizes = torch.bincount(groups, minlength=num_groups)
 
     # 1. drop the hardest beta fraction of every group (their top ranks)
-    drops = torch.tensor([_round_half_up(m * _exact(beta)) for m in sizes.tolist()])
+    drops = torch.tensor([fraction_count(m, beta) for m in sizes.tolist()])
     if not int(drops.sum()):
         pool = torch.arange(n)
     elif num_groups == 1:
@@ -659,7 +596,3 @@ def select(
     if rule == "random":
         return random_subset(scores, keep_fraction_or_k, seed=seed, **common)
     return coverage(scores, keep_fraction_or_k, seed=seed, **common, **rule_kwargs)
-
-
-# The retraining budget moved to lightning_datadiet.data.budget; kept importable from here.
-from lightning_datadiet.data.budget import retrain_epochs, same_steps_epochs  # noqa: E402

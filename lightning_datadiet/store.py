@@ -15,15 +15,11 @@ labels in index order) keeps scores of one dataset from being applied to, or ave
 from __future__ import annotations
 
 import hashlib
-import json
-import operator
 import os
-import stat
 import struct
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Union
 
@@ -31,8 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_datadiet import _scorefile_checks as checks
 from lightning_datadiet import _scorefile_format as fmt
-from lightning_datadiet._scorefile_format import ScoreFileError, ScoreFileNotFoundError
+from lightning_datadiet._scorefile_format import ScoreFileError
 from lightning_datadiet._utils import atomic_write_bytes
 from lightning_datadiet._version import __version__
 
@@ -48,7 +45,7 @@ __all__ = [
     "scores_from",
 ]
 
-SCORE_FILE_SUFFIX = ".scores"
+SCORE_FILE_SUFFIX = checks.SCORE_FILE_SUFFIX
 _LENGTH = struct.Struct("<Q")
 _MAX_HEADER_BYTES = 64 * 1024 * 1024
 
@@ -56,12 +53,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 _refuse = fmt.refuse
 _sha256 = fmt.sha256
 _PAYLOAD_DTYPE = fmt.PAYLOAD_DTYPE
-_METHOD_NAME = fmt.METHOD_NAME
-_METHOD_RULE = fmt.METHOD_RULE
-
-
-def _package_version() -> str:
-    return __version__
 
 
 # --------------------------------------------------------------------------------------------- fingerprints
@@ -89,7 +80,7 @@ def label_fingerprint(labels: Any) -> str:
         >>> fp == label_fingerprint(torch.tensor([0, 1, 1, 2])) and fp != label_fingerprint([0, 1, 2, 1])
         True
     """
-    array = _labels_as_int64(labels)
+    array = checks.labels_as_int64(labels)
     digest = hashlib.sha256()
     digest.update(_LENGTH.pack(array.size))
     digest.update(memoryview(array).cast("B"))
@@ -97,30 +88,6 @@ def label_fingerprint(labels: Any) -> str:
 
 
 _fingerprint_of = label_fingerprint  # save_scores has a parameter of the same name
-
-
-def _labels_as_int64(labels: Any) -> np.ndarray:
-    if isinstance(labels, Tensor):
-        array = labels.detach().cpu().numpy()
-    else:
-        array = np.asarray(labels)
-        if array.dtype == object:  # e.g. a list mixing ints and 0-d tensors
-            try:
-                array = np.fromiter((operator.index(x) for x in labels), dtype=np.int64)
-            except TypeError as err:
-                raise ValueError(
-                    f"labels must be integer class ids; could not read them as integers ({err})."
-                ) from err
-    if array.ndim != 1:
-        raise ValueError(
-            f"labels must be 1-D (one class id per training example), got shape {tuple(array.shape)}."
-        )
-    if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise ValueError("labels must be integer class ids; got floats that are not whole numbers.")
-    elif array.dtype.kind not in "iub":
-        raise ValueError(f"labels must be integer class ids, got dtype {array.dtype}.")
-    return np.ascontiguousarray(array, dtype="<i8")
 
 
 # ----------------------------------------------------------------------------------------------- ScoreFile
@@ -193,142 +160,6 @@ def _describe(sf: ScoreFile, i: int) -> str:
 # --------------------------------------------------------------------------------------------------- saving
 
 
-def _as_scores(scores: Any) -> Tensor:
-    """A contiguous float32 CPU 1-D tensor; ValueError for other shapes, complex values and NaN."""
-    if isinstance(scores, Tensor):
-        tensor = scores.detach()
-    else:
-        try:
-            tensor = torch.as_tensor(np.asarray(scores))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"scores must be a 1-D tensor or array of numbers ({err}).") from err
-    if tensor.is_complex():
-        raise ValueError("scores must be real numbers, got a complex tensor.")
-    if tensor.ndim != 1:
-        raise ValueError(
-            f"scores must be a 1-D tensor with one score per training example, got shape {tuple(tensor.shape)}."
-        )
-    source = tensor.to("cpu")
-    tensor = source.to(torch.float32).contiguous()
-    _check_float32_faithful(source, tensor)
-    nan = int(torch.isnan(tensor).sum())
-    if nan:
-        raise ValueError(
-            f"scores contain {nan} NaN entr{'y' if nan == 1 else 'ies'} (of {tensor.numel()}); NaN scores cannot "
-            "be ranked. Fix the computation (e.g. a diverged run) or replace them, e.g. torch.nan_to_num(scores)."
-        )
-    return tensor
-
-
-_FLOAT32_EXACT_INT = 2**24  # every integer of magnitude <= 2^24 is exact in float32
-
-
-def _check_float32_faithful(source: Tensor, stored: Tensor) -> None:
-    """Refuse scores that float32 (the file's dtype) cannot hold faithfully: finite values that overflow to
-    +-inf, and integers (integer dtypes, or whole-number floats beyond 2^24) that float32 would change, which
-    would turn distinct counts into ties. Ordinary rounding of fractional float64 scores is accepted."""
-    if source.dtype == torch.float32 or source.dtype == torch.bool:
-        return
-    if source.is_floating_point():
-        overflow = torch.isfinite(source) & torch.isinf(stored)
-        if bool(overflow.any()):
-            first = int(overflow.nonzero()[0, 0])
-            raise ValueError(
-                f"scores hold {int(overflow.sum())} finite value(s) too large for float32 (e.g. scores[{first}] = "
-                f"{source[first].item():g}, max {torch.finfo(torch.float32).max:g}); saved as float32 they would become "
-                "+-inf and rank like 'never learned'. Fix: rescale the scores (e.g. divide by their max) or take "
-                "their log before saving."
-            )
-        whole = torch.isfinite(source) & (source == torch.round(source)) & (source.abs() > _FLOAT32_EXACT_INT)
-    else:
-        whole = source.abs() > _FLOAT32_EXACT_INT
-    if bool(whole.any()):
-        back = stored.to(source.dtype)
-        changed = whole & (back != source)
-        if bool(changed.any()):
-            first = int(changed.nonzero()[0, 0])
-            raise ValueError(
-                f"scores hold {int(changed.sum())} integer value(s) beyond 2^24 that float32 cannot represent exactly "
-                f"(e.g. scores[{first}] = {source[first].item()} would be stored as {stored[first].item():.0f}), so "
-                "distinct values could become ties. Fix: rescale them (e.g. subtract the minimum) or rank them "
-                "first, e.g. scores.argsort().argsort(), before saving."
-            )
-
-
-def _optional_int(value: Any, name: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be an int or None, got a bool.")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(f"`{name}` must be an int or None, got {type(value).__name__}.") from None
-
-
-def _checked_method(method: Any) -> str:
-    if not isinstance(method, str) or not _METHOD_NAME.fullmatch(method):
-        raise ValueError(
-            f"`method` must be a plain name such as 'el2n', 'grand' or 'forgetting' ({_METHOD_RULE}; no path "
-            f"separators, dots or spaces), got {method!r}."
-        )
-    return method
-
-
-def _checked_epoch(epoch: Any) -> int | None:
-    epoch = _optional_int(epoch, "epoch")
-    if epoch is not None and epoch < 0:
-        raise ValueError(f"`epoch` must be a non-negative int (completed training epochs) or None, got {epoch}.")
-    return epoch
-
-
-def _checked_extra(extra: Any) -> dict[str, Any]:
-    if extra is None:
-        return {}
-    if not isinstance(extra, dict):
-        raise ValueError(f"`extra` must be a dict, got {type(extra).__name__}.")
-    try:
-        # Round trip so the in-memory metadata equals what a later load returns (tuples -> lists and so on).
-        return json.loads(json.dumps(extra, allow_nan=False))
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"`extra` must be JSON-serialisable (str keys; str, int, finite float, bool, None, list, dict values): {err}."
-        ) from err
-
-
-def _make_header(
-    scores: Tensor,
-    payload_sha256: str,
-    method: str,
-    epoch: int | None,
-    seed: int | None,
-    fingerprint: str | None,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "format": fmt.FORMAT_NAME,
-        "dtype": fmt.DTYPE_NAME,
-        "num_samples": int(scores.numel()),
-        "payload_sha256": payload_sha256,
-        "method": method,
-        "epoch": epoch,
-        "seed": seed,
-        "label_fingerprint": fingerprint,
-        "version": _package_version(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "extra": extra,
-    }
-
-
-def _payload(scores: Tensor) -> np.ndarray:
-    """The scores as a contiguous little-endian float32 array (a view on little-endian machines)."""
-    return np.ascontiguousarray(scores.numpy(), dtype=_PAYLOAD_DTYPE)
-
-
-def _sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(array).cast("B")).hexdigest()
-
-
 def save_scores(
     path: PathLike,
     scores: Any,
@@ -372,11 +203,11 @@ def save_scores(
         >>> p.name  # doctest: +SKIP
         'el2n_epoch020.scores'
     """
-    method = _checked_method(method)
-    epoch = _checked_epoch(epoch)
-    seed = _optional_int(seed, "seed")
-    extra_dict = _checked_extra(extra)
-    tensor = _as_scores(scores)
+    method = checks.checked_method(method)
+    epoch = checks.checked_epoch(epoch)
+    seed = checks.optional_int(seed, "seed")
+    extra_dict = checks.checked_extra(extra)
+    tensor = checks.as_scores(scores)
     if labels is not None and label_fingerprint is not None:
         raise ValueError("Pass either `labels` or `label_fingerprint`, not both.")
     if labels is not None:
@@ -411,8 +242,8 @@ def save_scores(
             f"{target} is a directory; pass a file name such as {target / ('el2n' + SCORE_FILE_SUFFIX)}."
         )
 
-    payload = _payload(tensor)
-    header = _make_header(tensor, _sha256(payload), method, epoch, seed, fingerprint, extra_dict)
+    payload = checks.payload(tensor)
+    header = checks.make_header(tensor, _sha256(payload), method, epoch, seed, fingerprint, extra_dict)
     data = fmt.encode(torch.from_numpy(payload), header)
     if len(data) - 4 * tensor.numel() >= _MAX_HEADER_BYTES:
         raise ValueError(f"The metadata would be {len(data) - 4 * tensor.numel()} bytes; keep `extra` well under 64 MiB.")
@@ -421,43 +252,6 @@ def save_scores(
 
 
 # -------------------------------------------------------------------------------------------------- loading
-
-
-def _read_regular_file(p: Path) -> bytes:
-    """The bytes of ``p``; anything but a regular file (a named pipe, socket, device, directory) is refused before a
-    single byte is read, and opening never blocks."""
-    try:
-        # O_NONBLOCK: opening a named pipe must not wait for a writer; anything but a regular file is refused below.
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
-        raise _refuse(
-            p,
-            "no such score file",
-            "check the path; score files are written by the scoring callbacks or save_scores",
-            ScoreFileNotFoundError,
-        ) from None
-    except IsADirectoryError:
-        raise _refuse(
-            p, "is a directory, not a score file", f"pass one of the *{SCORE_FILE_SUFFIX} files inside it"
-        ) from None
-    except OSError as err:
-        raise _refuse(p, f"cannot be opened ({err.strerror or err})", "check the path and its permissions") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise _refuse(p, "is a directory, not a score file", f"pass one of the *{SCORE_FILE_SUFFIX} files inside it")
-        if not stat.S_ISREG(mode):
-            raise _refuse(
-                p,
-                "is not a regular file (a named pipe, socket or device); score files are read only from regular files",
-                "pass the path of a score file written by save_scores or a scoring callback",
-            )
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    finally:
-        os.close(fd)
 
 
 def load_scores(path: PathLike) -> ScoreFile:
@@ -481,8 +275,8 @@ def load_scores(path: PathLike) -> ScoreFile:
     """
     p = Path(os.fspath(path)).expanduser()
     recompute = "recompute the scores (or copy the file again from a good source)"
-    raw = _read_regular_file(p)
-    header, array = fmt.parse(p, raw, _package_version())
+    raw = checks.read_regular_file(p)
+    header, array = fmt.parse(p, raw, __version__)
     n = header["num_samples"]
     if hashlib.sha256(memoryview(np.ascontiguousarray(array, dtype=_PAYLOAD_DTYPE)).cast("B")).hexdigest() != header[
         "payload_sha256"
@@ -667,7 +461,7 @@ def average_scores(files: Any, *, allow_mixed_epochs: bool = False) -> ScoreFile
         "sources": [str(sf.path) if sf.path is not None else None for sf in loaded],
     }
     method = loaded[0].method
-    header = _make_header(mean, _sha256(_payload(mean)), method, epoch, None, fingerprint, extra)
+    header = checks.make_header(mean, _sha256(checks.payload(mean)), method, epoch, None, fingerprint, extra)
     return ScoreFile(
         scores=mean,
         method=method,
@@ -710,8 +504,8 @@ def scores_from(
         ('tensor', 3)
     """
     if isinstance(source, Tensor):
-        tensor = _as_scores(source)
-        header = _make_header(tensor, _sha256(_payload(tensor)), "tensor", None, None, None, {})
+        tensor = checks.as_scores(source)
+        header = checks.make_header(tensor, _sha256(checks.payload(tensor)), "tensor", None, None, None, {})
         sf = ScoreFile(
             scores=tensor,
             method="tensor",

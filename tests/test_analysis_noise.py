@@ -273,3 +273,23 @@ def test_noisy_datamodule_mirrors_which_hooks_the_wrapped_module_defines():
     trainer.fit(model, datamodule=dm)
     assert model.hook_calls == 8  # the LightningModule's batch hook is used: 64 / 8 batches
     assert dm.datamodule.trainer is trainer and dm.trainer is trainer
+
+
+def test_label_noise_lives_in_data_and_shares_the_wrapper_base_with_pruning():
+    from lightning_datadiet import analysis
+    from lightning_datadiet.analysis import noise as analysis_noise
+    from lightning_datadiet.data import noise
+    from lightning_datadiet.data.pruned import PrunedDataModule
+    from lightning_datadiet.data.wrapper import DataModuleWrapper
+
+    for name in ("LabelNoise", "label_noise", "corrupt_labels", "NoisyLabelDataset", "NoisyLabelDataModule"):
+        assert getattr(analysis, name) is getattr(noise, name) is getattr(analysis_noise, name)
+    assert issubclass(NoisyLabelDataModule, DataModuleWrapper) and issubclass(PrunedDataModule, DataModuleWrapper)
+    for method in ("__getattr__", "state_dict", "hparams", "trainer"):  # one copy, in the base
+        assert method not in NoisyLabelDataModule.__dict__, method
+    inner = _TinyDM()
+    inner.save_hyperparameters({"batch_size": 8})
+    dm = NoisyLabelDataModule(inner, 0.25, mode="permute", seed=3)
+    assert dm.hparams == inner.hparams
+    settings = {"fraction": 0.25, "mode": "permute", "seed": 3, "num_classes": None}
+    assert dm.hparams_initial == {"batch_size": 8, "datadiet_label_noise": settings}

@@ -1,5 +1,4 @@
 import math
-import sys
 import types
 
 import pytest
@@ -105,11 +104,8 @@ def test_stability_report_names_from_score_files_and_paths(tmp_path, monkeypatch
     assert stability_report(files, labels=["a", "b", "c"]).names == ["a", "b", "c"]
     assert stability_report([scores, scores], labels=["x", "x"]).names == ["x", "x#1"]
 
-    fake = types.ModuleType("lightning_datadiet.store")
-    fake.load_scores = lambda path: types.SimpleNamespace(
-        scores=scores, method="forgetting", epoch=None, seed=3
-    )
-    monkeypatch.setitem(sys.modules, "lightning_datadiet.store", fake)
+    fake = lambda path: types.SimpleNamespace(scores=scores, method="forgetting", epoch=None, seed=3)  # noqa: E731
+    monkeypatch.setattr(stability_module, "load_scores", fake)
     assert stability_report([tmp_path / "a.pt"]).names == ["forgetting s3"]
 
 

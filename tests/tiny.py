@@ -185,3 +185,35 @@ def expected_dynamics(logits: torch.Tensor, window: int, multiplicity: torch.Ten
         if stds:
             out["dynamic_uncertainty"][i] = sum(stds) / len(stds)
     return out
+
+
+def tagged_data(n: int, num_classes: int = 3, seed: int = 0) -> TensorDataset:
+    """Images ``[n, 2, 4, 4]`` whose first pixel holds the example id (``x[:, 0, 0, 0]``); the label is ``id % K``."""
+    x = torch.randn(n, 2, 4, 4, generator=torch.Generator().manual_seed(seed))
+    x[:, 0, 0, 0] = torch.arange(n, dtype=torch.float32)
+    return TensorDataset(x, torch.arange(n) % num_classes)
+
+
+class ScriptedNetModule(LightningModule):
+    """Both kinds of score on one fit: the LightningModule's forward returns scripted logits (``logits[epoch, id]``,
+    ids from :func:`tagged_data`), so the training-pass callbacks see a known sequence, while a real ``TinyNet``
+    (``self.net``, BatchNorm included) trains on the same batches and the pass callbacks score it
+    (``logits_module="net"``)."""
+
+    def __init__(self, logits: torch.Tensor, lr: float = 0.1) -> None:
+        super().__init__()
+        self.register_buffer("script", logits.float())
+        self.net = TinyNet(logits.shape[2])
+        self.lr = lr
+
+    def forward(self, x):
+        epoch = min(self.trainer.current_epoch, self.script.shape[0] - 1)
+        return self.script[epoch, x[:, 0, 0, 0].round().long()]
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self(x)  # the training forward pass the training-pass callbacks read
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.net.parameters(), lr=self.lr)

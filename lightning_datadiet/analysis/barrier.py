@@ -31,6 +31,9 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
+from lightning_datadiet._utils import eval_mode
+from lightning_datadiet.data.targets import batch_inputs_targets
+
 __all__ = ["interpolate_state", "update_bn_statistics", "classification_error", "error_barrier"]
 
 Data = DataLoader | tuple[Tensor, Tensor] | Sequence[Tensor]
@@ -74,8 +77,6 @@ def interpolate_state(
 def _batches(data: Data, batch_size: int) -> Iterator[tuple[Any, Tensor]]:
     """``(inputs, targets)`` batches from a DataLoader (tuple or dict batches) or an ``(inputs, targets)`` pair."""
     if isinstance(data, DataLoader):
-        from lightning_datadiet.data.targets import batch_inputs_targets
-
         for batch in data:
             yield batch_inputs_targets(batch)
         return
@@ -162,21 +163,15 @@ def classification_error(
         The fraction of misclassified examples (NaN for empty data).
     """
     device = torch.device(device) if device is not None else _device(model)
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
     wrong, total = 0, 0
-    try:
-        with torch.no_grad():
-            for inputs, targets in _batches(data, batch_size):
-                logits = model(_to(inputs, device))  # [B, K]
-                targets = targets.to(logits.device)
-                if targets.ndim == 2:
-                    targets = targets.argmax(dim=1)
-                wrong += int((logits.argmax(dim=1) != targets.reshape(-1)).sum())
-                total += int(targets.numel())
-    finally:
-        for module, flag in flags:
-            module.training = flag
+    with eval_mode(model), torch.no_grad():
+        for inputs, targets in _batches(data, batch_size):
+            logits = model(_to(inputs, device))  # [B, K]
+            targets = targets.to(logits.device)
+            if targets.ndim == 2:
+                targets = targets.argmax(dim=1)
+            wrong += int((logits.argmax(dim=1) != targets.reshape(-1)).sum())
+            total += int(targets.numel())
     return wrong / total if total else float("nan")
 
 

@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch import Tensor
+
+from lightning_datadiet.store import ScoreFile, load_scores
 
 __all__ = ["data_map_figure", "plot_data_map", "data_map_from_files"]
 
@@ -43,9 +47,6 @@ def data_map_figure(
 
     Examples with NaN confidence or variability (never presented) are left out and counted in the legend.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     conf = _vector(confidence, "confidence", None)
     n = conf.numel()
     var = _vector(variability, "variability", n)
@@ -125,8 +126,6 @@ def data_map_from_files(
     undoes the storage orientation (files store confidence and correctness negated so that higher = harder) and writes
     the PNG. Returns ``None`` when confidence or variability is missing (nothing to draw).
     """
-    from lightning_datadiet.store import ScoreFile, load_scores
-
     loaded = [f if isinstance(f, ScoreFile) else load_scores(f) for f in files]
     by_method: dict[str, Tensor] = {}
     for f in loaded:

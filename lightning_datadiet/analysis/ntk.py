@@ -15,14 +15,17 @@ groups slow down.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
+
+from lightning_datadiet._utils import eval_mode
 
 __all__ = [
     "empirical_ntk",
@@ -31,18 +34,6 @@ __all__ = [
     "velocity_report",
     "plot_velocity_by_group",
 ]
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode and restore each one's own training flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def _logit_jacobian_fn(model: nn.Module):
@@ -104,7 +95,7 @@ def empirical_ntk(model: nn.Module, inputs: Tensor, *, chunk_size: int | None = 
     n = inputs.shape[0]
     c = n if chunk_size is None else chunk_size
     starts = list(range(0, n, max(c, 1)))
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         jacobian = _logit_jacobian_fn(model)
         blocks: dict[tuple[int, int], Tensor] = {}
         for bi, si in enumerate(starts):
@@ -275,9 +266,6 @@ def plot_velocity_by_group(
     Returns:
         The path written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if isinstance(velocity, Mapping):
         lines = {str(k): torch.as_tensor(v).reshape(-1) for k, v in velocity.items()}
     else:

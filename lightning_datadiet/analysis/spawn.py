@@ -21,9 +21,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_datadiet import selection
 from lightning_datadiet.analysis.barrier import Data, error_barrier
 
 __all__ = [
@@ -152,8 +155,6 @@ def barrier_subsets(scores: Tensor, size: int | float, *, seed: int = 0) -> dict
     Uses the rules of ``lightning_datadiet.selection`` (``lowest``, ``highest``, ``random``); ``size`` is an int
     count or a float fraction of ``N``.
     """
-    from lightning_datadiet import selection
-
     return {
         "lowest": selection.lowest(scores, size),
         "highest": selection.highest(scores, size),
@@ -245,9 +246,6 @@ def plot_spawning_barriers(
     Returns:
         The path written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(5.5, 3.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

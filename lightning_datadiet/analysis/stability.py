@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch import Tensor
 from torchmetrics.functional import spearman_corrcoef
+
+from lightning_datadiet.store import load_scores
 
 __all__ = ["rank_correlation", "StabilityTable", "stability_report", "single_vs_mean", "plot_heatmap"]
 
@@ -148,8 +152,6 @@ class StabilityTable:
 def _load(entry: Any) -> tuple[Tensor, str | None]:
     """A score vector and a default name from a tensor, a ScoreFile-like object or a path."""
     if isinstance(entry, (str, os.PathLike)):
-        from lightning_datadiet.store import load_scores
-
         loaded = load_scores(entry)
         name = _score_file_name(loaded) or Path(entry).stem
         return loaded.scores, name
@@ -262,9 +264,6 @@ def plot_heatmap(
     Returns:
         The path written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     m = len(table.names)
     annotate = m <= 12 if annotate is None else annotate
     size = max(3.5, 0.6 * m + 2.0)

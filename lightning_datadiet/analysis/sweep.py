@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch import Tensor
+
+from lightning_datadiet._utils import fraction_count
+from lightning_datadiet.selection import keep_count, window
 
 __all__ = ["window_offsets", "sliding_window_sweep", "plot_sliding_window"]
 
 
 def window_offsets(n: int, size: int, num_offsets: int = 10) -> list[int]:
     """``num_offsets`` evenly spaced window starts from 0 (the lowest scores) to ``n - size`` (the highest).
+
+    Start ``i`` is ``i / (num_offsets - 1)`` of ``n - size``, rounded half up as every fraction of a count in the
+    package (:func:`~lightning_datadiet._utils.fraction_count`).
 
     Args:
         n: number of examples.
@@ -37,7 +46,7 @@ def window_offsets(n: int, size: int, num_offsets: int = 10) -> list[int]:
     last = n - size
     if num_offsets == 1:
         return [last]
-    return sorted({round(i * last / (num_offsets - 1)) for i in range(num_offsets)})
+    return sorted({fraction_count(last, Fraction(i, num_offsets - 1)) for i in range(num_offsets)})
 
 
 def sliding_window_sweep(
@@ -66,8 +75,6 @@ def sliding_window_sweep(
         "best_offset": {level: int}, "best_accuracy": {level: float}}``; with a single score vector the level
         key is ``None``. Ties in accuracy go to the lower offset.
     """
-    from lightning_datadiet.selection import keep_count, window
-
     per_level = dict(scores) if isinstance(scores, Mapping) else {None: scores}
     sizes = {torch.as_tensor(s).numel() for s in per_level.values()}
     if len(sizes) != 1:
@@ -112,9 +119,6 @@ def plot_sliding_window(
     Returns:
         The path written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(5.5, 3.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

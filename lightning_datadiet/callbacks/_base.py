@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_datadiet.data.targets import _fast_targets
+from lightning_datadiet.store import label_fingerprint, save_scores
 
 __all__ = ["ScoreCallback"]
 
@@ -218,8 +219,6 @@ class ScoreCallback(Callback):
         self._restored = False
 
     def _labels_fingerprint(self, labels: Tensor) -> str:
-        from lightning_datadiet.store import label_fingerprint
-
         return label_fingerprint(labels)
 
     def _record(self, trainer: pl.Trainer, epoch: int, scores: Tensor, labels: Tensor | None) -> None:
@@ -236,8 +235,6 @@ class ScoreCallback(Callback):
             name = f"{self.method}_epoch{epoch:03d}" + (f"_seed{self.seed}" if self.seed is not None else "")
             path = self.dirpath / f"{name}.scores"
             if trainer.is_global_zero:
-                from lightning_datadiet.store import save_scores
-
                 save_scores(
                     path,
                     scores,

@@ -17,10 +17,11 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from typing_extensions import override
 
+from lightning_datadiet._utils import eval_mode
 from lightning_datadiet.callbacks._base import ScoreCallback, epoch_completed, gather_by_index, resolve_module
+from lightning_datadiet.data.loaders import loader_batch_size
 from lightning_datadiet.data.targets import batch_inputs_targets
 from lightning_datadiet.scores._checks import check_targets
-from lightning_datadiet.scores.grand import eval_mode
 
 __all__ = ["PassScoreCallback", "random_transforms"]
 
@@ -112,16 +113,15 @@ def _same_states(a: list[Tensor], b: list[Tensor]) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def sync_buffers_from_rank_zero(module: nn.Module) -> None:
+def sync_buffers_from_rank_zero(trainer: pl.Trainer, module: nn.Module) -> None:
     """Give every rank rank 0's buffers (BatchNorm running statistics drift apart between DDP ranks after each
     rank's last forward pass; DDP itself re-broadcasts them from rank 0 at the next forward). Scores then use the
-    statistics that a checkpoint saves, and all ranks score with the same model."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    for buffer in module.buffers():
-        dist.broadcast(buffer.data, src=0)
+    statistics that a checkpoint saves, and all ranks score with the same model. Collective: call on every rank."""
+    mine = {name: buffer.detach().cpu() for name, buffer in module.named_buffers()}
+    rank_zero = trainer.strategy.broadcast(mine, src=0)
+    with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            buffer.copy_(rank_zero[name])
 
 
 class PassScoreCallback(ScoreCallback):
@@ -285,7 +285,7 @@ class PassScoreCallback(ScoreCallback):
         dataset = self.scoring_dataset(trainer)
         num_samples = len(dataset)  # type: ignore[arg-type]
         train_loader = trainer.train_dataloader
-        batch_size = self.batch_size or getattr(train_loader, "batch_size", None) or 256
+        batch_size = self.batch_size or loader_batch_size(train_loader) or 256
         num_workers = self.num_workers if self.num_workers is not None else getattr(train_loader, "num_workers", 0)
         collate_fn = getattr(train_loader, "collate_fn", None)
         world, rank = trainer.world_size, trainer.global_rank
@@ -297,7 +297,7 @@ class PassScoreCallback(ScoreCallback):
         module = resolve_module(pl_module, self.logits_module)
         device = pl_module.device
         if world > 1:
-            sync_buffers_from_rank_zero(pl_module)
+            sync_buffers_from_rank_zero(trainer, pl_module)
         values = torch.empty(shard.numel(), dtype=torch.float32, device=device)
         labels = torch.empty(shard.numel(), dtype=torch.long, device=device)
         pos = 0

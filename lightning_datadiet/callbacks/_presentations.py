@@ -114,7 +114,8 @@ class PresentationRecorder:
         install_tracking(trainer, self.tracker)
 
     def teardown(self, trainer: pl.Trainer) -> None:
-        uninstall_tracking(trainer)
+        """At the end of the fit, or when it fails: the Trainer gets its own data source back, the hook goes."""
+        uninstall_tracking(trainer, self.tracker)
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -383,6 +384,10 @@ class TrainingPassCallback(ScoreCallback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._recorder.teardown(trainer)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._recorder.teardown(trainer)  # Lightning calls no teardown hook after a failed fit
 
     @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:

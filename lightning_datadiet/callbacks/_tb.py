@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
+from torch.utils.tensorboard.summary import histogram
 
 __all__ = ["log_full_histogram", "inf_plot_value", "tensorboard_writers"]
 
@@ -24,8 +25,6 @@ def inf_plot_value(scores: Tensor) -> float:
 
 
 def _add_histogram(writer: Any, tag: str, values: Tensor, step: int, description: str) -> None:
-    from torch.utils.tensorboard.summary import histogram
-
     bins = getattr(writer, "default_bins", None) or "auto"  # what SummaryWriter.add_histogram uses by default
     summary = histogram(tag, values.double().numpy(), bins=bins)
     summary.value[0].metadata.summary_description = description

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torch.utils.data import DistributedSampler
 from typing_extensions import override
 
+from lightning_datadiet._utils import fraction_count
 from lightning_datadiet.callbacks._base import default_seed
 from lightning_datadiet.callbacks._presentations import PresentationRecorder, adopt_state, epoch_completed
 from lightning_datadiet.scores.forgetting import occurrence_rounds
@@ -61,8 +62,8 @@ class DynamicPruningCallback(Callback):
 
     - ``e == 0``, or ``e`` among the last ``ceil(anneal x max_epochs)`` epochs: every example is used;
     - otherwise the *candidates* are the examples whose latest loss is below the mean latest loss (over examples
-      presented so far), and ``round(prune_ratio x candidates)`` of them, drawn at random with a generator seeded by
-      ``(seed, e)``, are skipped for the epoch.
+      presented so far), and ``prune_ratio x candidates`` of them (rounded half up, as every count in the package),
+      drawn at random with a generator seeded by ``(seed, e)``, are skipped for the epoch.
 
     Skipping happens in the training DataLoader's batch sampler (the seam the sample tracking uses): skipped indices
     are omitted from the sampler's stream, the rest is batched as usual, and the epoch has fewer batches (Lightning's
@@ -178,6 +179,11 @@ class DynamicPruningCallback(Callback):
             self._trainer = None
 
     @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._recorder.teardown(trainer)  # Lightning calls no teardown hook after a failed fit
+        self._trainer = None
+
+    @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         adopt_state(self, checkpoint)
 
@@ -209,7 +215,7 @@ class DynamicPruningCallback(Callback):
             losses = self.latest_loss.double()
             candidates = seen & (losses < losses[seen].mean())
             idx = candidates.nonzero().flatten()
-            k = int(round(self.prune_ratio * idx.numel()))
+            k = fraction_count(idx.numel(), self.prune_ratio)
             g = torch.Generator().manual_seed(int(self.seed or 0) * 1_000_003 + epoch)
             mask[idx[torch.randperm(idx.numel(), generator=g)[:k]]] = True
         self.skipped_by_epoch[epoch] = mask
@@ -249,10 +255,16 @@ class DynamicPruningCallback(Callback):
                 other = copy.copy(sampler)
                 other.rank = rank
                 streams.append(list(iter(other)))
-            order = [streams[r][j] for j in range(len(streams[0])) for r in range(len(streams))]  # the global order
+            world = sampler.num_replicas
+            order = [streams[r][j] for j in range(len(streams[0])) for r in range(world)]  # the global order
+            if not sampler.drop_last:  # without the sampler's padding: it repeats the first indices at the end
+                order = order[: len(sampler.dataset)]  # type: ignore[arg-type]
             kept = [i for i in order if not mask[i]]
-            kept += kept[: (-len(kept)) % sampler.num_replicas]  # pad with repeats, as DistributedSampler does
-            plan = kept[sampler.rank :: sampler.num_replicas]
+            if sampler.drop_last:  # even out the ranks as DistributedSampler does: drop the tail, or pad with repeats
+                kept = kept[: len(kept) - len(kept) % world]
+            else:
+                kept += (kept * world)[: (-len(kept)) % world]
+            plan = kept[sampler.rank :: world]
         else:
             plan = [int(i) for i in iter(sampler) if not mask[int(i)]]
         self._plan_cache = (epoch, id(sampler), plan)
@@ -273,7 +285,7 @@ class DynamicPruningCallback(Callback):
         if isinstance(limit, int) and not isinstance(limit, bool):
             full_batches, per_rank = min(full_batches, limit), min(per_rank, limit)
         elif isinstance(limit, float) and limit != 1.0:
-            full_batches, per_rank = int(full_batches * limit), int(per_rank * limit)
+            full_batches, per_rank = int(full_batches * limit), int(per_rank * limit)  # Lightning's own rounding (floor)
         # Lightning computed the batch count (and the combined loader's limit) once, when the loader was built: make
         # them this epoch's, so the epoch ends, validates and steps epoch-interval schedulers at its real last batch.
         fit_loop = trainer.fit_loop
@@ -284,7 +296,7 @@ class DynamicPruningCallback(Callback):
             if fit_loop.max_batches != per_rank:
                 fit_loop.max_batches = per_rank
                 if isinstance(trainer.val_check_interval, float) and trainer.val_check_batch not in (None, float("inf")):
-                    trainer.val_check_batch = max(1, int(per_rank * trainer.val_check_interval))
+                    trainer.val_check_batch = max(1, int(per_rank * trainer.val_check_interval))  # as Lightning
         acc = max(1, int(trainer.accumulate_grad_batches))
         self.steps_saved[epoch] = -(-full_batches // acc) - (-(-per_rank // acc))
         self._decide(epoch)

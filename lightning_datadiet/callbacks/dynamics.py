@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_datadiet.analysis.datamap import data_map_figure
 from lightning_datadiet.callbacks._base import check_method_name
 from lightning_datadiet.callbacks._presentations import TrainingPassCallback
 from lightning_datadiet.callbacks._tb import log_full_histogram, tensorboard_writers
@@ -24,6 +25,7 @@ from lightning_datadiet.scores.dynamics import (
     dynamics_update,
     presentation_values,
 )
+from lightning_datadiet.store import save_scores
 
 __all__ = ["TrainingDynamicsCallback"]
 
@@ -152,8 +154,6 @@ class TrainingDynamicsCallback(TrainingPassCallback):
         paths: dict[str, Path] = {}
         if self.save:
             assert self.dirpath is not None
-            from lightning_datadiet.store import save_scores
-
             for name, values in scores.items():
                 check_method_name(name)
                 nan = int(torch.isnan(values).sum())
@@ -193,15 +193,10 @@ class TrainingDynamicsCallback(TrainingPassCallback):
         writers = tensorboard_writers(trainer)
         if not writers:
             return
-        from lightning_datadiet.analysis.datamap import data_map_figure
-
         fig = data_map_figure(scores["confidence"], scores["variability"], scores.get("correctness"))
         for writer in writers:
             writer.add_figure("datadiet/data_map", fig, global_step=epoch, close=False)
             writer.flush()
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
 
     # ------------------------------------------------------------------ checkpoint state
     def _extra_state(self) -> dict[str, Any]:

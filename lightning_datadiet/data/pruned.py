@@ -7,51 +7,25 @@ examples, rebuilt with the wrapped loader's settings; everything else (validatio
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
-from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    IterableDataset,
-    RandomSampler,
-    SequentialSampler,
-    Subset,
-)
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from lightning_datadiet import selection as sel
-from lightning_datadiet.data.loaders import loader_settings
+from lightning_datadiet.data.loaders import rebuild_loader, single_loader
 from lightning_datadiet.data.targets import _fast_targets, dataset_targets
-
-if TYPE_CHECKING:
-    from lightning_datadiet.store import ScoreFile
+from lightning_datadiet.data.wrapper import DataModuleWrapper
+from lightning_datadiet.store import ScoreFile, ScoreFileError, label_fingerprint, scores_from
 
 __all__ = ["PrunedDataModule", "subset_dataloader"]
-
-# hooks that pass through to the wrapped module exactly when it overrides them (Lightning checks `is_overridden`)
-_PASS_THROUGH_HOOKS = (
-    "prepare_data",
-    "setup",
-    "teardown",
-    "val_dataloader",
-    "test_dataloader",
-    "predict_dataloader",
-    "transfer_batch_to_device",
-    "on_before_batch_transfer",
-    "on_after_batch_transfer",
-    "on_exception",
-)
 
 # ``list[str]`` before ``str``: jsonargparse tries the Union's types in order, and a YAML list would otherwise be
 # turned into one string (LightningCLI with a list of score files to average).
@@ -80,40 +54,15 @@ def subset_dataloader(loader: DataLoader, indices: Sequence[int] | Tensor) -> Da
             "Scores are indexed by dataset position: return a DataLoader over a map-style dataset from "
             "train_dataloader()."
         )
-    fix = (
-        "PrunedDataModule re-indexes the training loader and supports the plain samplers only: return "
-        "`DataLoader(dataset, batch_size=..., shuffle=True/False, ...)` from train_dataloader() (Lightning adds the "
-        "DistributedSampler under DDP by itself)."
-    )
-    sampler, batch_sampler = loader.sampler, loader.batch_sampler
-    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
-        raise TypeError(f"The training loader uses a custom batch sampler ({type(batch_sampler).__name__}). {fix}")
-    generator = loader.generator
-    if type(sampler) is RandomSampler:
-        if sampler.replacement or sampler._num_samples is not None:
-            raise TypeError("The training loader samples with replacement or a fixed `num_samples`. " + fix)
-        shuffle = True
-        generator = sampler.generator if sampler.generator is not None else generator
-    elif type(sampler) is SequentialSampler:
-        shuffle = False
-    else:
-        raise TypeError(f"The training loader uses a custom sampler ({type(sampler).__name__}). {fix}")
-    if type(loader) is not DataLoader:
-        warnings.warn(
-            f"The training loader is a {type(loader).__name__}; the pruned loader is a plain DataLoader with its settings.",
-            stacklevel=3,
-        )
     index_list = indices.tolist() if isinstance(indices, Tensor) else [int(i) for i in indices]
-    kwargs = loader_settings(loader)
-    kwargs.update(batch_size=loader.batch_size, shuffle=shuffle, drop_last=loader.drop_last, generator=generator)
-    return DataLoader(Subset(dataset, index_list), **kwargs)
+    return rebuild_loader(loader, Subset(dataset, index_list), same_indices=False, owner="PrunedDataModule")
 
 
 def _digest(indices: Tensor) -> str:
     return hashlib.sha256(indices.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
 
 
-class PrunedDataModule(LightningDataModule):
+class PrunedDataModule(DataModuleWrapper):
     """Wrap a ``LightningDataModule`` and train on the subset of its training set that the scores select.
 
     Args:
@@ -172,10 +121,7 @@ class PrunedDataModule(LightningDataModule):
         check_fingerprint: bool = True,
         tie_break: str = "index",
     ) -> None:
-        if not isinstance(datamodule, LightningDataModule):
-            raise TypeError(f"`datamodule` must be a LightningDataModule, got {type(datamodule).__name__}.")
-        self.datamodule = datamodule
-        super().__init__()
+        super().__init__(datamodule)
         keep_fraction = sel._scalar(keep_fraction)
         if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, (int, float)):
             raise TypeError(f"`keep_fraction` must be a number in (0, 1], got {keep_fraction!r}.")
@@ -218,50 +164,11 @@ class PrunedDataModule(LightningDataModule):
         self._num_samples: int | None = None
         self._restored: dict[str, Any] | None = None
         self._verified_ranks = False
-        # pass-through: Lightning sees exactly the hooks the wrapped module overrides
-        for name in _PASS_THROUGH_HOOKS:
-            if is_overridden(name, datamodule, LightningDataModule):
-                setattr(self, name, getattr(datamodule, name))
-        self.prepare_data_per_node = datamodule.prepare_data_per_node
-        self.allow_zero_length_dataloader_with_multiple_devices = (
-            datamodule.allow_zero_length_dataloader_with_multiple_devices
-        )
-        self._log_hyperparams = datamodule._log_hyperparams
-        _repair_cli_hparams(datamodule)
 
-    # ------------------------------------------------------------------------------------------ pass-through
-
-    def __getattr__(self, name: str) -> Any:
-        # only reached when normal lookup fails: anything else (``dm.num_classes``) is the wrapped module's
-        wrapped = self.__dict__.get("datamodule")
-        if wrapped is None or name.startswith("__"):
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(wrapped, name)
-
-    @property
-    def trainer(self) -> Any:
-        return self.__dict__.get("_trainer")
-
-    @trainer.setter
-    def trainer(self, trainer: Any) -> None:
-        self.__dict__["_trainer"] = trainer
-        wrapped = self.__dict__.get("datamodule")
-        if wrapped is not None:
-            wrapped.trainer = trainer
-
-    @property
-    def hparams(self) -> Any:  # type: ignore[override]
-        """The wrapped module's hyperparameters, unchanged (the pruning settings are in :attr:`hparams_initial`,
-        which Lightning logs, and in :meth:`state_dict`)."""
-        return self.datamodule.hparams
-
-    @property
-    def hparams_initial(self) -> Any:  # type: ignore[override]
-        """What Lightning logs as the datamodule's hyperparameters: the wrapped module's, plus ``datadiet_pruning``,
-        a dict of this module's settings (rule, keep fraction, scores, seed, ...)."""
-        hparams = AttributeDict(copy.deepcopy(dict(self.datamodule.hparams_initial)))
-        hparams["datadiet_pruning"] = self.pruning_settings()
-        return hparams
+    def wrapper_hparams(self) -> dict[str, Any]:
+        """``datadiet_pruning``: this module's settings (rule, keep fraction, scores, seed, ...), logged with the
+        wrapped module's hyperparameters."""
+        return {"datadiet_pruning": self.pruning_settings()}
 
     def pruning_settings(self) -> dict[str, Any]:
         """The settings that decide the subset, as plain values (logged with the hyperparameters)."""
@@ -291,8 +198,6 @@ class PrunedDataModule(LightningDataModule):
                 "`scores` must be a Tensor[N], a score-file path, or a list of score-file paths (averaged), got "
                 f"{type(scores).__name__}."
             )
-        from lightning_datadiet.store import scores_from
-
         loaded: ScoreFile = scores_from(list(scores) if isinstance(scores, tuple) else scores)
         name = f"scores ({self.score_source})"
         return sel.check_scores(loaded.scores, allow_infinite=self.allow_infinite, name=name), loaded.label_fingerprint
@@ -320,8 +225,6 @@ class PrunedDataModule(LightningDataModule):
                 f"`dataset.targets`{fix}."
             ) from err
         if need_fingerprint:
-            from lightning_datadiet.store import ScoreFileError, label_fingerprint
-
             here = label_fingerprint(labels)
             if here != self._fingerprint:
                 raise ScoreFileError(
@@ -414,18 +317,18 @@ class PrunedDataModule(LightningDataModule):
                 "`setup('fit')` first; if its training set is empty (torch refuses to shuffle 0 samples), there is "
                 "nothing to prune."
             ) from err
-        return _single_loader(loader).dataset
+        return single_loader(loader, "PrunedDataModule").dataset
 
     def _verify_across_ranks(self, kept: Tensor) -> None:
         """Under DDP, check that every rank selected the same subset (the rule is deterministic, so it should)."""
         trainer = self.trainer
         if self._verified_ranks or trainer is None or trainer.world_size <= 1:
             return
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return
+        # Collective: Lightning requests the training loader on every rank. The strategy's collectives are no-ops
+        # in a process that has no process group (e.g. the main process of ddp_spawn): nothing differs then.
         mine = _digest(kept)
         reference = trainer.strategy.broadcast(mine, src=0)
-        if not trainer.strategy.reduce_boolean_decision(mine == reference, all=True):
+        if trainer.strategy.reduce_boolean_decision(mine != reference, all=False):
             raise RuntimeError(
                 "The ranks selected different training subsets: the scores or the training set differ between "
                 "processes. Make every rank read the same score file and build the same training set."
@@ -436,7 +339,7 @@ class PrunedDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """The wrapped module's training loader, rebuilt over exactly the kept examples (see :func:`subset_dataloader`)."""
-        loader = _single_loader(self.datamodule.train_dataloader())
+        loader = self.wrapped_train_loader()
         kept = self._ensure_selection(loader.dataset)
         self._verify_across_ranks(kept)
         return subset_dataloader(loader, kept)
@@ -514,39 +417,6 @@ class PrunedDataModule(LightningDataModule):
             f"keep_fraction={self.keep_fraction}, selection={self.selection!r}{extra}, "
             f"class_balanced={self.class_balanced}, seed={self.seed})"
         )
-
-
-def _repair_cli_hparams(datamodule: LightningDataModule) -> None:
-    """Undo a LightningCLI quirk: it instantiates *every* LightningDataModule in the ``data`` config with the
-    hyperparameters of the whole ``data`` entry, so a nested (wrapped) module calling ``save_hyperparameters()``
-    receives the wrapper's settings instead of its own. Its own ``init_args`` are inside them: restore those.
-    (Its ``save_hyperparameters(ignore=...)`` cannot be replayed; all its init args are kept.)"""
-    hparams = datamodule.__dict__.get("_hparams")
-    if not hparams or hparams.get("_instantiator") != "lightning.pytorch.cli.instantiate_module":
-        return
-    nested = hparams.get("datamodule")
-    own = type(datamodule).__name__
-    if not isinstance(nested, dict) or str(nested.get("class_path", "")).rsplit(".", 1)[-1] != own:
-        return
-    if str(hparams.get("_class_path", "")).rsplit(".", 1)[-1] == own:
-        return
-    fixed = {
-        "_class_path": nested["class_path"],
-        **(nested.get("init_args") or {}),
-        **(nested.get("dict_kwargs") or {}),
-        "_instantiator": hparams["_instantiator"],
-    }
-    datamodule._hparams = AttributeDict(fixed)
-    datamodule._hparams_initial = copy.deepcopy(datamodule._hparams)
-
-
-def _single_loader(loader: Any) -> DataLoader:
-    if not isinstance(loader, DataLoader):
-        raise TypeError(
-            f"PrunedDataModule needs the wrapped train_dataloader() to return one DataLoader, got {type(loader).__name__}. "
-            "Wrap a datamodule with a single training loader over a map-style dataset."
-        )
-    return loader
 
 
 def _describe(scores: Any) -> str:

@@ -9,18 +9,17 @@ the wrapper is ``train_indices[i]`` of the wrapped training set (scores and prun
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightning_datadiet.data.loaders import loader_settings
-from lightning_datadiet.data.pruned import _PASS_THROUGH_HOOKS, _single_loader, subset_dataloader
+from lightning_datadiet._utils import fraction_count
+from lightning_datadiet.data.loaders import loader_batch_size, loader_settings, rebuild_loader
 from lightning_datadiet.data.targets import dataset_targets
+from lightning_datadiet.data.wrapper import DataModuleWrapper
 
 __all__ = ["ValidationSplitDataModule", "stratified_split"]
 
@@ -58,53 +57,39 @@ def stratified_split(targets: Tensor, size: int, seed: int) -> tuple[Tensor, Ten
     return torch.nonzero(mask).flatten(), held_t
 
 
-class ValidationSplitDataModule(LightningDataModule):
+class ValidationSplitDataModule(DataModuleWrapper):
     """Wrap a LightningDataModule: ``val_size`` training examples (class-stratified, seeded) become its
     validation set, the training loader serves the rest.
 
     Args:
         datamodule: the module to wrap (its ``train_dataloader()`` returns one DataLoader over a map-style dataset).
-        val_size: examples held out (an int), or a fraction of the training set in (0, 1) (rounded half up).
+        val_size: examples held out (an int), or a fraction of the training set in (0, 1)
+            (:func:`~lightning_datadiet._utils.fraction_count`).
         seed: seed of the split.
 
-    Everything else (``prepare_data``, ``setup``, the test/predict loaders, batch-transfer hooks, any attribute)
-    is the wrapped module's. ``score_dataset()`` is the wrapped module's (or its training set) restricted to the
-    kept training indices, so scores refer to the wrapper's training set.
+    Everything else (``prepare_data``, ``setup``, the test/predict loaders, batch-transfer hooks, any attribute) is
+    the wrapped module's (:class:`~lightning_datadiet.data.wrapper.DataModuleWrapper`). ``score_dataset()`` is the
+    wrapped module's (or its training set) restricted to the kept training indices, so scores refer to the
+    wrapper's training set.
+
+    Example:
+        >>> # trainer.fit(model, datamodule=ValidationSplitDataModule(MyData(), val_size=0.1, seed=0))
     """
 
     def __init__(self, datamodule: LightningDataModule, val_size: int | float, seed: int = 0) -> None:
-        super().__init__()
+        super().__init__(datamodule)
         if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or val_size <= 0:
             raise ValueError(f"`val_size` must be a positive count or a fraction in (0, 1), got {val_size!r}.")
         if isinstance(val_size, float) and not val_size < 1:
             raise ValueError(f"A fractional `val_size` must be in (0, 1), got {val_size}.")
-        self.datamodule = datamodule
         self.val_size = val_size
         self.seed = int(seed)
         self._split: tuple[Tensor, Tensor] | None = None
         self._source: Any = None
-        for name in _PASS_THROUGH_HOOKS:
-            if name not in ("val_dataloader",) and hasattr(type(datamodule), name):
-                if getattr(type(datamodule), name) is not getattr(LightningDataModule, name, None):
-                    setattr(self, name, getattr(datamodule, name))
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "datamodule" or "datamodule" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.__dict__["datamodule"], name)
-
-    @property
-    def trainer(self) -> Any:
-        return self.__dict__.get("_trainer")
-
-    @trainer.setter
-    def trainer(self, trainer: Any) -> None:
-        self.__dict__["_trainer"] = trainer
-        if "datamodule" in self.__dict__:
-            self.__dict__["datamodule"].trainer = trainer
-
-    def _inner_loader(self) -> DataLoader:
-        return _single_loader(self.datamodule.train_dataloader())
+    def wrapper_hparams(self) -> dict[str, Any]:
+        """``datadiet_val_split``: the split's settings, logged with the wrapped module's hyperparameters."""
+        return {"datadiet_val_split": {"val_size": self.val_size, "seed": self.seed}}
 
     def _scoring_view(self, train: Dataset) -> Dataset:
         hook = getattr(self.datamodule, "score_dataset", None)
@@ -118,10 +103,10 @@ class ValidationSplitDataModule(LightningDataModule):
 
     def split(self) -> tuple[Tensor, Tensor]:
         """``(train_indices, val_indices)`` into the wrapped training set (computed once per training set)."""
-        train = self._inner_loader().dataset
+        train = self.wrapped_train_loader().dataset
         if self._split is None or self._source is not train:
             n = len(train)  # type: ignore[arg-type]
-            size = self.val_size if isinstance(self.val_size, int) else int(np.floor(self.val_size * n + 0.5))
+            size = self.val_size if isinstance(self.val_size, int) else fraction_count(n, self.val_size)
             targets = dataset_targets(self._scoring_view(train))
             self._split = stratified_split(targets, size, self.seed)
             self._source = train
@@ -136,29 +121,20 @@ class ValidationSplitDataModule(LightningDataModule):
         return self.split()[1]
 
     def train_dataloader(self) -> DataLoader:
-        loader = self._inner_loader()
-        return subset_dataloader(loader, self.split()[0])
+        loader = self.wrapped_train_loader()
+        return rebuild_loader(loader, Subset(loader.dataset, self.split()[0].tolist()), same_indices=False,
+                              owner="ValidationSplitDataModule")  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
-        loader = self._inner_loader()
-        view = self._scoring_view(loader.dataset)
+        loader = self.wrapped_train_loader()
+        view = Subset(self._scoring_view(loader.dataset), self.split()[1].tolist())
         settings = loader_settings(loader)
         settings.update(persistent_workers=False, generator=None)
         if settings["num_workers"] == 0:
             settings.pop("prefetch_factor", None)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return DataLoader(
-                Subset(view, self.split()[1].tolist()), batch_size=loader.batch_size or 1, shuffle=False, **settings
-            )
+        return DataLoader(view, batch_size=loader_batch_size(loader) or 1, shuffle=False, **settings)
 
     def score_dataset(self) -> Dataset:
         """The wrapped module's scoring view (``score_dataset()`` or its training set) at the kept indices."""
-        train = self._inner_loader().dataset
+        train = self.wrapped_train_loader().dataset
         return Subset(self._scoring_view(train), self.split()[0].tolist())
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.datamodule.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.datamodule.load_state_dict(state_dict)

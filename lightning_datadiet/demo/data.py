@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_datadiet._utils import atomic_write_bytes
-from lightning_datadiet.analysis.noise import label_noise as _apply_label_noise
+from lightning_datadiet.data.noise import label_noise as _apply_label_noise
 
 __all__ = [
     "LabeledTensorDataset",

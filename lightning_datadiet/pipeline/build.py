@@ -24,15 +24,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader
 
-from lightning_datadiet.analysis.noise import NoisyLabelDataModule
+from lightning_datadiet._utils import eval_mode
 from lightning_datadiet.callbacks._base import resolve_module
 from lightning_datadiet.data.fingerprint import dataset_fingerprint
+from lightning_datadiet.data.loaders import loader_batch_size
+from lightning_datadiet.data.noise import NoisyLabelDataModule
 from lightning_datadiet.data.targets import batch_inputs_targets, dataset_targets
 from lightning_datadiet.data.valsplit import ValidationSplitDataModule
 from lightning_datadiet.pipeline.config import PipelineConfig, PipelineError
 from lightning_datadiet.pipeline.specs import SpecError, instantiate_spec, trainer_objects
 from lightning_datadiet.scores._checks import check_logits
-from lightning_datadiet.scores.grand import eval_mode
 
 __all__ = [
     "make_datamodule",
@@ -101,8 +102,8 @@ def training_size(dm: LightningDataModule) -> tuple[int, int, bool]:
         raise PipelineError(
             f"The study needs train_dataloader() to return one DataLoader, got {type(loader).__name__}."
         )
-    batch = loader.batch_size if loader.batch_size is not None else getattr(loader.batch_sampler, "batch_size", None)
-    return len(loader.dataset), batch, bool(loader.drop_last)  # type: ignore[arg-type]
+    drop_last = getattr(loader.batch_sampler, "drop_last", loader.drop_last)
+    return len(loader.dataset), loader_batch_size(loader), bool(drop_last)  # type: ignore[arg-type]
 
 
 def make_module(cfg: PipelineConfig) -> LightningModule:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -12,24 +10,13 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_map
 
+from lightning_datadiet._utils import eval_mode  # re-exported: lightning_datadiet.scores.eval_mode
 from lightning_datadiet.scores._checks import check_logits, check_targets
 from lightning_datadiet.scores.grand_norms import NormsUnsupportedError, grand_norms, norms_support
 
 __all__ = ["grand", "eval_mode", "GRAND_METHODS"]
 
 GRAND_METHODS = ("auto", "norms", "vmap")
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Put ``module`` in eval mode and restore every submodule's own ``training`` flag afterwards."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def grand(
