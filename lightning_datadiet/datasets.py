@@ -1,8 +1,10 @@
 """Moved to :mod:`lightning_datadiet.demo.data` (the demo setups live in :mod:`lightning_datadiet.demo`, next to the
-presets); this import path stays as an alias of that module."""
+presets); this import path keeps working: every name is looked up in the moved module."""
 
-import sys
+from typing import Any
 
 from lightning_datadiet.demo import data as _moved
 
-sys.modules[__name__] = _moved
+
+def __getattr__(name: str) -> Any:
+    return getattr(_moved, name)
