@@ -18,10 +18,9 @@ Scales (``--scale``):
 
 - ``smoke``: a few hundred images are enough; width-4 net, 2 epochs, 2 scoring runs, EL2N subsets retrained;
   checks the plumbing.
-- ``cpu``: a class-stratified 5,000-image subset, width 16 (16/64/64), batch 256, lr 0.15, 6 epochs, EL2N at
-  epoch 2 over 4 runs (GraNd at init and forgetting over the same 2 epochs scored alongside), 3 seeds; retrains
-  EL2N subsets only (``--retrain_methods``); about an hour on 2 idle cores (estimated from bench_recipe's
-  images/s; much longer on a shared machine, see docs/reproduction.md).
+- ``cpu``: all 50,000 training images, width 16 (16/64/64), batch 256, lr 0.15, 4 epochs, EL2N at epoch 1 over
+  4 runs (GraNd at init and forgetting over the 2 scoring epochs scored alongside), 3 seeds; retrains EL2N subsets
+  only (``--retrain_methods``); about 80 minutes on 2 CPU cores (docs/reproduction.md).
 - ``gpu``: all 50,000 images, width 64 (64/256/256), batch 1024, lr 0.4, 10 epochs, bf16, EL2N at epoch 1 over
   10 runs, forgetting over all 10 epochs, 5 seeds, every method retrained.
 """
