@@ -162,35 +162,25 @@ def _affine(m: nn.Module, x: Tensor | None, g: Tensor, x_hat: Callable[[Tensor],
     return sq
 
 
-def _batchnorm(m: nn.Module, x: Tensor, g: Tensor, strategy: str) -> Tensor:
+def _batchnorm(m: nn.Module, x: Tensor | None, g: Tensor, strategy: str) -> Tensor:
     if m.training:
         raise NormsUnsupportedError(f"{type(m).__name__} ran in training mode (batch statistics)")
-    c, nd = g.shape[1], g.ndim
-    shape = (1, c) + (1,) * (nd - 2)
-    mean, rstd = m.running_mean.view(shape), torch.rsqrt(m.running_var + m.eps).view(shape)
-    return _affine(m, x, g, lambda xc: (xc - mean).mul_(rstd), tuple(range(2, nd)))
 
-
-def _layernorm(m: nn.LayerNorm, x: Tensor, g: Tensor, strategy: str) -> Tensor:
-    k, nd = len(m.normalized_shape), g.ndim
-    if nd <= k:
-        raise NormsUnsupportedError("LayerNorm normalises over the batch dimension")
-    norm_dims = tuple(range(nd - k, nd))
-
-    def x_hat(xc: Tensor) -> Tensor:
-        var, mean = torch.var_mean(xc, norm_dims, correction=0, keepdim=True)
-        return (xc - mean).mul_(var.add_(m.eps).rsqrt_())
-
-    return _affine(m, x, g, x_hat, tuple(range(1, nd - k)))
-
-
-def _groupnorm(m: nn.GroupNorm, x: Tensor, g: Tensor, strategy: str) -> Tensor:
-    def x_hat(xc: Tensor) -> Tensor:
-        xr = xc.reshape(xc.shape[0], m.num_groups, -1)
-        var, mean = torch.var_mean(xr, 2, correction=0, keepdim=True)
-        return (xr - mean).mul_(var.add_(m.eps).rsqrt_()).view_as(xc)
+    def x_hat(xc: Tensor) -> Tensor:  # (x - running_mean) / sqrt(running_var + eps), one fused kernel
+        return F.batch_norm(xc, m.running_mean, m.running_var, training=False, eps=m.eps)
 
     return _affine(m, x, g, x_hat, tuple(range(2, g.ndim)))
+
+
+def _layernorm(m: nn.LayerNorm, x: Tensor | None, g: Tensor, strategy: str) -> Tensor:
+    k = len(m.normalized_shape)
+    if g.ndim <= k:
+        raise NormsUnsupportedError("LayerNorm normalises over the batch dimension")
+    return _affine(m, x, g, lambda xc: F.layer_norm(xc, m.normalized_shape, eps=m.eps), tuple(range(1, g.ndim - k)))
+
+
+def _groupnorm(m: nn.GroupNorm, x: Tensor | None, g: Tensor, strategy: str) -> Tensor:
+    return _affine(m, x, g, lambda xc: F.group_norm(xc, m.num_groups, eps=m.eps), tuple(range(2, g.ndim)))
 
 
 def _embedding(m: nn.Embedding, ids: Tensor, g: Tensor, strategy: str) -> Tensor:

@@ -101,28 +101,11 @@ def norms_support(model: nn.Module) -> str | None:
 # ------------------------------------------------------------------------------------------------------- the pass
 
 
-def _graph_consumers(root: Any) -> dict[int, int]:
-    """Walk the autograd graph from ``root``: for every leaf tensor, how many graph edges lead into it."""
+def _consumers(root: Any, stop: set[Any] | frozenset = frozenset()) -> tuple[dict[int, int], set[Any]]:
+    """Walk the autograd graph from ``root`` down to (not through) the nodes in ``stop``: for every leaf tensor,
+    how many graph edges lead into it; and the nodes reached."""
     counts: dict[int, int] = {}
     seen, stack = {root}, [root]
-    while stack:
-        node = stack.pop()
-        for nxt, _ in node.next_functions:
-            if nxt is None:
-                continue
-            var = getattr(nxt, "variable", None)
-            if var is not None:
-                counts[id(var)] = counts.get(id(var), 0) + 1
-            elif nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return counts
-
-
-def _local_consumers(out_node: Any, stop: set[Any]) -> dict[int, int]:
-    """The same count, inside one module call: from its output's node down to (not through) its input's node."""
-    counts: dict[int, int] = {}
-    seen, stack = {out_node}, [out_node]
     while stack:
         node = stack.pop()
         for nxt, _ in node.next_functions:
@@ -134,7 +117,7 @@ def _local_consumers(out_node: Any, stop: set[Any]) -> dict[int, int]:
             elif nxt not in seen:
                 seen.add(nxt)
                 stack.append(nxt)
-    return counts
+    return counts, seen
 
 
 def _rng_states(device: torch.device) -> list[Tensor]:
@@ -201,10 +184,10 @@ def _one_pass(
     loss = F.cross_entropy(logits, targets, reduction="sum")  # row i of every output gradient is example i's own
 
     # every trainable parameter must be reached only from inside its own module's (single) call
-    everywhere = _graph_consumers(loss.grad_fn)
-    used = [(m, c[0]) for m, c in calls.items() if c and c[0][2] is not None]
+    everywhere, reachable = _consumers(loss.grad_fn)
+    used = [(m, c[0]) for m, c in calls.items() if c and c[0][2] is not None and c[0][2].node in reachable]
     for m, (_, _, edge, in_node) in used:
-        inside = _local_consumers(edge.node, {in_node} if in_node is not None else set())
+        inside = _consumers(edge.node, {in_node} if in_node is not None else set())[0]
         for pname, p in _trainable_direct(m).items():
             if everywhere.get(id(p), 0) != inside.get(id(p), 0):
                 raise NormsUnsupportedError(
@@ -217,7 +200,8 @@ def _one_pass(
             if id(p) not in reached and everywhere.get(id(p), 0):
                 raise NormsUnsupportedError(
                     f"parameter {plan[m]}.{pname} is used although its module {plan[m]!r} ({type(m).__name__}) "
-                    "never ran as a module (e.g. F.linear(x, layer.weight) in a parent's forward)"
+                    "never ran as a module, or ran with an output that does not reach the logits (e.g. "
+                    "F.linear(x, layer.weight) in a parent's forward)"
                 )
     calls.clear()
     if used:  # the ordinary backward, down to the layer outputs only: no weight gradient is computed or stored
