@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning_datadiet import GraNdCallback, grand
 from lightning_datadiet.scores import _grand_layers
-from lightning_datadiet.scores._grand_layers import conv_form
+from lightning_datadiet.scores._grand_layers import conv_form, ghost_form
 from lightning_datadiet.scores.grand_norms import NormsUnsupportedError, grand_norms, norms_support
 
 from tiny import TinyNet
@@ -34,7 +34,7 @@ def _rel(a, b):
     return float(((a - b).abs() / b.abs()).max())
 
 
-def assert_exact(model, x, y, strategies=("auto", "ghost", "instantiate", "grouped")):
+def assert_exact(model, x, y, strategies=("auto", "ghost", "ghost_input", "ghost_unfold", "instantiate", "grouped")):
     ref = naive(model, x, y)
     got = grand(model, x, y, method="norms")
     assert got.dtype == DT
@@ -119,29 +119,37 @@ def test_batchnorm_in_eval_mode(bn, shape):
 @pytest.mark.parametrize(
     "conv,hw,form",
     [
-        (nn.Conv2d(16, 8, 3, padding=1), 6, "grouped"),  # spatial kernel, 8-64 input channels per group
-        (nn.Conv2d(16, 8, 3, padding=1, groups=2), 6, "grouped"),
-        (nn.Conv1d(12, 8, 3, padding=1), 9, "grouped"),
+        (nn.Conv2d(16, 8, 3, padding=1), 16, "grouped"),  # many positions, spatial kernel, 8-64 channels per group
+        (nn.Conv2d(16, 8, 3, padding=1, groups=2), 16, "grouped"),
+        (nn.Conv1d(12, 8, 3, padding=1), 32, "grouped"),
         (nn.Conv2d(3, 8, 3, padding=1), 6, "instantiate"),  # few input channels: im2col is cheap
         (nn.Conv2d(16, 8, 1), 6, "instantiate"),  # 1x1: the unfolded input is the input
-        (nn.Conv2d(72, 4, 3, padding=1), 3, "instantiate"),  # many channels per group
-        (nn.Conv2d(32, 64, 3, stride=2, padding=1), 4, "ghost"),  # few positions (T=4): Gram form
+        (nn.Conv2d(72, 4, 3, padding=1), 8, "instantiate"),  # many channels per group
         (nn.Conv2d(4, 4, 3, padding=1, groups=4), 5, "instantiate"),  # depthwise
+        (nn.Conv2d(16, 16, 3, padding=1), 4, "ghost_input"),  # few positions, stride 1: Gram of the input
+        (nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=2), 4, "ghost_input"),
+        (nn.Conv2d(32, 64, 3, stride=2, padding=1), 4, "ghost_unfold"),  # stride 2: Gram of the unfolded input
     ],
-    ids=["grouped", "grouped-groups", "grouped-conv1d", "inst-rgb", "inst-1x1", "inst-wide", "ghost", "depthwise"],
+    ids=["grouped", "grouped-groups", "grouped-conv1d", "inst-rgb", "inst-1x1", "inst-wide", "inst-depthwise",
+         "ghost-input", "ghost-input-dilated-grouped", "ghost-unfold-strided"],
 )
 def test_each_conv_form_is_picked_where_it_should_be_and_is_exact(conv, hw, form):
     """The automatic per-layer choice (by multiply-adds and input channels) picks each form on some shape; every
     form, picked or forced, equals the naive loop, also with the examples split into uneven chunks."""
     k = conv.kernel_size[0] * (conv.kernel_size[1] if len(conv.kernel_size) > 1 else 1)
     ci, p = conv.in_channels // conv.groups, conv.out_channels // conv.groups
-    shape = (conv.in_channels, hw, hw) if isinstance(conv, nn.Conv2d) else (conv.in_channels, hw)
+    conv2d = isinstance(conv, nn.Conv2d)
+    shape = (conv.in_channels, hw, hw) if conv2d else (conv.in_channels, hw)
     torch.manual_seed(0)
     model = Flat(conv, 1).to(DT)
     with torch.no_grad():
         out = conv.to(DT)(torch.zeros(1, *shape, dtype=DT))
     model.head = nn.Linear(out.numel(), 3).to(DT)
-    assert conv_form(out[0, 0].numel(), ci * k, p, ci, k) == form
+    t, positions = out[0, 0].numel(), hw * hw if conv2d else hw
+    picked = conv_form(t, ci * k, p, ci, k, positions)
+    if picked == "ghost":
+        picked = ghost_form(t, ci * k, ci, positions)
+    assert picked == form
     x, y = torch.randn(7, *shape, dtype=DT), torch.randint(0, 3, (7,))
     assert_exact(model, x, y)
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-STRATEGIES = ("auto", "ghost", "instantiate", "grouped")
+STRATEGIES = ("auto", "ghost", "ghost_input", "ghost_unfold", "instantiate", "grouped")
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _EMBEDDING_GHOST_MAX_T = 8  # Gram of token equality up to 8 tokens per example, else index_add over unique tokens
 _WORKSPACE_BYTES = 2**21  # temporaries per chunk of examples (tests lower it to exercise many uneven chunks)
@@ -51,13 +51,22 @@ def _trainable(p: Tensor | None) -> bool:
     return p is not None and p.requires_grad
 
 
-def conv_form(t: int, d: int, p: int, channels: int, kernel: int) -> str:
-    """The form ``"auto"`` picks for a convolution (per group: ``t`` positions, ``d`` unfolded input features,
-    ``p`` outputs, ``channels`` input channels, ``kernel`` kernel positions), by multiply-adds and measured speed."""
-    if t * (d + p) < p * d:  # T^2 (d + p) < T p d
+def conv_form(t: int, d: int, p: int, channels: int, kernel: int, positions: int) -> str:
+    """The form ``"auto"`` picks for a convolution, per group: ``t`` output positions, ``d`` unfolded input
+    features, ``p`` outputs, ``channels`` input channels, ``kernel`` kernel positions, ``positions`` (padded)
+    input positions. By multiply-adds per example (ghost: the cheaper of its two Grams, see :func:`ghost_form`),
+    then, among the instantiations, by measured speed."""
+    gram = min(positions * positions * channels, t * t * d) + t * t * p
+    if gram < t * p * d:
         return "ghost"
     lo, hi = _GROUPED_CHANNELS
     return "grouped" if kernel > 1 and lo <= channels <= hi else "instantiate"
+
+
+def ghost_form(t: int, d: int, channels: int, positions: int) -> str:
+    """The Gram the ghost form uses for a convolution: of the input (``positions^2 x channels`` multiply-adds, then
+    ``kernel`` shifted sums) or of the unfolded input (``t^2 x d``, after an im2col copy)."""
+    return "ghost_input" if positions * positions * channels <= t * t * d else "ghost_unfold"
 
 
 def _gram_or_matmul(a: Tensor, g: Tensor, form: str) -> Tensor:
@@ -85,7 +94,8 @@ def _linear(m: nn.Linear, x: Tensor, g: Tensor, strategy: str) -> Tensor:
     if _trainable(m.bias):
         sq += _sq(g.sum(1))
     if _trainable(m.weight):
-        sq += _gram_or_matmul(x.reshape(b, -1, m.in_features), g, "instantiate" if strategy == "grouped" else strategy)
+        form = "ghost" if strategy.startswith("ghost") else "instantiate" if strategy == "grouped" else strategy
+        sq += _gram_or_matmul(x.reshape(b, -1, m.in_features), g, form)
     return sq
 
 
@@ -120,10 +130,12 @@ def _conv(m: nn.Conv1d | nn.Conv2d, x: Tensor, g: Tensor, strategy: str) -> Tens
     ci, p, k = c_in // groups, c_out // groups, kernel[0] * kernel[1]
     ho, wo = g.shape[2], g.shape[3]
     t, d = ho * wo, ci * k
-    form = conv_form(t, d, p, ci, k) if strategy == "auto" else strategy
+    h, w = x.shape[2], x.shape[3]
+    form = conv_form(t, d, p, ci, k, h * w) if strategy == "auto" else strategy
+    if form == "ghost":
+        form = ghost_form(t, d, ci, h * w)
     el = g.element_size()
     if form == "grouped":
-        h, w = x.shape[2], x.shape[3]
         for i, j in _chunks(b, groups * p * d * el):
             c = j - i
             dw = torch.nn.grad.conv2d_weight(
@@ -132,7 +144,11 @@ def _conv(m: nn.Conv1d | nn.Conv2d, x: Tensor, g: Tensor, strategy: str) -> Tens
             )
             sq[i:j] += _sq(dw.view(c, -1))
         return sq
-    ghost = form == "ghost"
+    if form == "ghost_input":
+        for i, j in _chunks(b, groups * ((h * w) ** 2 + 2 * t * t) * el):
+            sq[i:j] += _input_gram_sq(x[i:j], g[i:j], groups, kernel, dilation, padding, stride)
+        return sq
+    ghost = form == "ghost_unfold"
     for i, j in _chunks(b, groups * (d * t + (2 * t * t if ghost else p * d)) * el):
         c = j - i
         u = _unfold(x[i:j], kernel, dilation, padding, stride)  # [c, C_in*k, T]
@@ -146,6 +162,42 @@ def _conv(m: nn.Conv1d | nn.Conv2d, x: Tensor, g: Tensor, strategy: str) -> Tens
             per_group = _sq(torch.bmm(gc, u.transpose(1, 2)))
         sq[i:j] += per_group.view(c, groups).sum(1)
     return sq
+
+
+def _valid(size: int, out: int, offset: int, pad: int, step: int) -> tuple[int, int, int]:
+    """Output positions ``[lo, hi)`` whose input position ``o * step + offset - pad`` lies inside ``[0, size)``, and
+    the input position of ``lo``."""
+    lo = max(0, -((offset - pad) // step))  # ceil((pad - offset) / step)
+    hi = min(out, (size - 1 + pad - offset) // step + 1)
+    return lo, max(lo, hi), lo * step + offset - pad
+
+
+def _input_gram_sq(x: Tensor, g: Tensor, groups: int, kernel: tuple, dilation: tuple, padding: tuple,
+                   stride: tuple) -> Tensor:
+    """Ghost norm of a convolution's per-example weight gradient from the Gram of its *input* (no im2col).
+
+    With ``K[s, s'] = x_s . x_s'`` over input positions and ``o`` a kernel offset, the unfolded input's Gram is
+    ``sum_o K[pos_o(t), pos_o(t')]`` (zero where a position falls into the zero padding), so
+    ``||dW||^2 = sum_{t,t'} (g_t . g_t') sum_o K[pos_o(t), pos_o(t')]``: the positions of one offset form a strided
+    block of ``K``, the same for ``t`` and ``t'``.
+    """
+    c, c_in, h, w = x.shape
+    ho, wo = g.shape[2], g.shape[3]
+    n = c * groups
+    xs = x.reshape(n, c_in // groups, h * w)
+    gram = torch.bmm(xs.transpose(1, 2), xs).view(n, h, w, h, w)
+    shifted = gram.new_zeros(n, ho, wo, ho, wo)
+    for i in range(kernel[0]):
+        r0, r1, a0 = _valid(h, ho, i * dilation[0], padding[0], stride[0])
+        rows = slice(a0, a0 + (r1 - r0 - 1) * stride[0] + 1, stride[0])
+        for j in range(kernel[1]):
+            q0, q1, b0 = _valid(w, wo, j * dilation[1], padding[1], stride[1])
+            if r1 > r0 and q1 > q0:
+                cols = slice(b0, b0 + (q1 - q0 - 1) * stride[1] + 1, stride[1])
+                shifted[:, r0:r1, q0:q1, r0:r1, q0:q1] += gram[:, rows, cols, rows, cols]
+    gt = g.reshape(n, -1, ho * wo)
+    out = shifted.view(n, -1).mul_(torch.bmm(gt.transpose(1, 2), gt).view(n, -1)).sum(1)
+    return out.view(c, groups).sum(1)
 
 
 def _affine(m: nn.Module, x: Tensor | None, g: Tensor, x_hat: Callable[[Tensor], Tensor], dims: tuple[int, ...]) -> Tensor:
@@ -190,7 +242,7 @@ def _embedding(m: nn.Embedding, ids: Tensor, g: Tensor, strategy: str) -> Tensor
     if m.padding_idx is not None:  # the padding row gets no gradient
         g = g * (ids != m.padding_idx).unsqueeze(-1).to(g.dtype)
     t = ids.shape[1]
-    ghost = t <= _EMBEDDING_GHOST_MAX_T if strategy == "auto" else strategy == "ghost"
+    ghost = t <= _EMBEDDING_GHOST_MAX_T if strategy == "auto" else strategy.startswith("ghost")
     if ghost:  # sum_{t,t'} [id_t == id_t'] (g_t . g_t')
         same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(g.dtype)
         return (same * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
