@@ -128,7 +128,7 @@ def test_batchnorm_in_eval_mode(bn, shape):
         (nn.Conv2d(4, 4, 3, padding=1, groups=4), 5, "instantiate"),  # depthwise
         (nn.Conv2d(16, 16, 3, padding=1), 4, "ghost_input"),  # few positions, stride 1: Gram of the input
         (nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=2), 4, "ghost_input"),
-        (nn.Conv2d(32, 64, 3, stride=2, padding=1), 4, "ghost_unfold"),  # stride 2: Gram of the unfolded input
+        (nn.Conv2d(32, 256, 3, stride=2, padding=1), 16, "ghost_unfold"),  # stride 2: Gram of the unfolded input
     ],
     ids=["grouped", "grouped-groups", "grouped-conv1d", "inst-rgb", "inst-1x1", "inst-wide", "inst-depthwise",
          "ghost-input", "ghost-input-dilated-grouped", "ghost-unfold-strided"],

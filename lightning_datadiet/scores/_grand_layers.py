@@ -31,6 +31,7 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _EMBEDDING_GHOST_MAX_T = 8  # Gram of token equality up to 8 tokens per example, else index_add over unique tokens
 _WORKSPACE_BYTES = 2**21  # temporaries per chunk of examples (tests lower it to exercise many uneven chunks)
 _GROUPED_CHANNELS = (8, 64)  # input channels per group for which the grouped conv weight-gradient is the fastest
+_COPY_COST = 16  # multiply-adds one element of an im2col copy is worth (measured on CPU)
 
 
 class NormsUnsupportedError(ValueError):
@@ -51,22 +52,28 @@ def _trainable(p: Tensor | None) -> bool:
     return p is not None and p.requires_grad
 
 
+def _gram_costs(t: int, d: int, channels: int, positions: int) -> tuple[int, int]:
+    """Multiply-adds per example of the two Grams of the ghost form: of the input, and of the unfolded input (plus
+    its im2col copy, counted as ``_COPY_COST`` multiply-adds per element: copies are bound by memory traffic)."""
+    return positions * positions * channels, t * t * d + _COPY_COST * t * d
+
+
 def conv_form(t: int, d: int, p: int, channels: int, kernel: int, positions: int) -> str:
     """The form ``"auto"`` picks for a convolution, per group: ``t`` output positions, ``d`` unfolded input
     features, ``p`` outputs, ``channels`` input channels, ``kernel`` kernel positions, ``positions`` (padded)
-    input positions. By multiply-adds per example (ghost: the cheaper of its two Grams, see :func:`ghost_form`),
-    then, among the instantiations, by measured speed."""
-    gram = min(positions * positions * channels, t * t * d) + t * t * p
-    if gram < t * p * d:
+    input positions. By multiply-adds per example (ghost: the cheaper of its two Grams, plus ``t^2 p`` for the
+    output gradient's), then, among the instantiations (``t p d``), by measured speed."""
+    if min(_gram_costs(t, d, channels, positions)) + t * t * p < t * p * d:
         return "ghost"
     lo, hi = _GROUPED_CHANNELS
     return "grouped" if kernel > 1 and lo <= channels <= hi else "instantiate"
 
 
 def ghost_form(t: int, d: int, channels: int, positions: int) -> str:
-    """The Gram the ghost form uses for a convolution: of the input (``positions^2 x channels`` multiply-adds, then
-    ``kernel`` shifted sums) or of the unfolded input (``t^2 x d``, after an im2col copy)."""
-    return "ghost_input" if positions * positions * channels <= t * t * d else "ghost_unfold"
+    """The Gram the ghost form uses for a convolution: of the input (``"ghost_input"``) or of the unfolded input
+    (``"ghost_unfold"``), whichever costs fewer multiply-adds (see :func:`_gram_costs`)."""
+    of_input, of_unfolded = _gram_costs(t, d, channels, positions)
+    return "ghost_input" if of_input <= of_unfolded else "ghost_unfold"
 
 
 def _gram_or_matmul(a: Tensor, g: Tensor, form: str) -> Tensor:
