@@ -29,7 +29,8 @@ from torch import Tensor, nn
 STRATEGIES = ("auto", "ghost", "ghost_input", "ghost_unfold", "instantiate", "grouped")
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _EMBEDDING_GHOST_MAX_T = 8  # Gram of token equality up to 8 tokens per example, else index_add over unique tokens
-_WORKSPACE_BYTES = 2**21  # temporaries per chunk of examples (tests lower it to exercise many uneven chunks)
+_WORKSPACE_BYTES = 2**21  # CPU temporaries per chunk of examples (tests lower it to exercise many uneven chunks)
+_ACCELERATOR_WORKSPACE_BYTES = 2**28  # the same on CUDA and other accelerators (not measured here)
 _GROUPED_CHANNELS = (8, 64)  # input channels per group for which the grouped conv weight-gradient is the fastest
 _COPY_COST = 16  # multiply-adds one element of an im2col copy is worth (measured on CPU)
 
@@ -38,8 +39,11 @@ class NormsUnsupportedError(ValueError):
     """The norm-only engine cannot compute this model's per-example gradient norms exactly."""
 
 
-def _chunks(n: int, per_example_bytes: int) -> list[tuple[int, int]]:
-    step = max(1, min(n, _WORKSPACE_BYTES // max(1, per_example_bytes)))
+def _chunks(n: int, per_example_bytes: int, device: torch.device | None = None) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of examples whose temporaries fit the workspace (larger on accelerators, where
+    many small kernels cost more than memory traffic)."""
+    budget = _WORKSPACE_BYTES if device is None or device.type == "cpu" else _ACCELERATOR_WORKSPACE_BYTES
+    step = max(1, min(n, budget // max(1, per_example_bytes)))
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
@@ -85,7 +89,7 @@ def _gram_or_matmul(a: Tensor, g: Tensor, form: str) -> Tensor:
     out = g.new_empty(n)
     ghost = form == "ghost" or (form == "auto" and t * (d + p) < p * d)
     per = (2 * t * t if ghost else p * d) * g.element_size()
-    for i, j in _chunks(n, per):
+    for i, j in _chunks(n, per, g.device):
         ai, gi = a[i:j], g[i:j]
         if ghost:
             out[i:j] = torch.bmm(ai, ai.transpose(1, 2)).mul_(torch.bmm(gi, gi.transpose(1, 2))).sum((1, 2))
@@ -143,7 +147,7 @@ def _conv(m: nn.Conv1d | nn.Conv2d, x: Tensor, g: Tensor, strategy: str) -> Tens
         form = ghost_form(t, d, ci, h * w)
     el = g.element_size()
     if form == "grouped":
-        for i, j in _chunks(b, groups * p * d * el):
+        for i, j in _chunks(b, groups * p * d * el, g.device):
             c = j - i
             dw = torch.nn.grad.conv2d_weight(
                 x[i:j].reshape(1, c * c_in, h, w), (c * c_out, ci, *kernel), g[i:j].reshape(1, c * c_out, ho, wo),
@@ -152,11 +156,11 @@ def _conv(m: nn.Conv1d | nn.Conv2d, x: Tensor, g: Tensor, strategy: str) -> Tens
             sq[i:j] += _sq(dw.view(c, -1))
         return sq
     if form == "ghost_input":
-        for i, j in _chunks(b, groups * ((h * w) ** 2 + 2 * t * t) * el):
+        for i, j in _chunks(b, groups * ((h * w) ** 2 + 2 * t * t) * el, g.device):
             sq[i:j] += _input_gram_sq(x[i:j], g[i:j], groups, kernel, dilation, padding, stride)
         return sq
     ghost = form == "ghost_unfold"
-    for i, j in _chunks(b, groups * (d * t + (2 * t * t if ghost else p * d)) * el):
+    for i, j in _chunks(b, groups * (d * t + (2 * t * t if ghost else p * d)) * el, g.device):
         c = j - i
         u = _unfold(x[i:j], kernel, dilation, padding, stride)  # [c, C_in*k, T]
         if u.shape[2] != t:
@@ -213,7 +217,7 @@ def _affine(m: nn.Module, x: Tensor | None, g: Tensor, x_hat: Callable[[Tensor],
     b = g.shape[0]
     sq = g.new_zeros(b)
     if _trainable(m.weight):
-        for i, j in _chunks(b, 2 * g[0].numel() * g.element_size()):
+        for i, j in _chunks(b, 2 * g[0].numel() * g.element_size(), g.device):
             gw = x_hat(x[i:j]).mul_(g[i:j])
             sq[i:j] += _sq(gw.sum(dims) if dims else gw)
     if _trainable(getattr(m, "bias", None)):

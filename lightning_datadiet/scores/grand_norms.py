@@ -1,17 +1,23 @@
 r"""The norm-only GraNd engine: exact per-example gradient norms from one ordinary backward pass.
 
-No per-example gradient of the whole model is ever formed. Forward hooks keep each supported layer's input and the
-gradient edge of its output; one backward pass of the *summed* per-example cross-entropy gives every layer's
-output gradient ``g`` (in eval mode examples do not interact, so row ``i`` of ``g`` is example ``i``'s own output
-gradient); then each layer adds the exact squared norm of its per-example weight and bias gradients, computed by
-the cheaper of two exact forms (``T`` = positions per example, ``d`` = input features, ``p`` = output features):
+No per-example gradient of the whole model is ever formed. A forward hook on each supported layer registers a
+hook on the layer's output tensor; one ordinary backward pass of the *summed* per-example cross-entropy, down to
+the layer outputs only (no weight gradient is computed), hands each of those hooks the layer's output gradient
+``g`` (in eval mode examples do not interact, so row ``i`` of ``g`` is example ``i``'s own), and the hook adds the
+exact squared norm of every example's gradient of that layer's weight and bias, then drops the layer's input and
+``g``: peak memory stays that of a training step. The per-layer rules live in
+:mod:`lightning_datadiet.scores._grand_layers` (``T`` = positions per example, ``d`` = input features, ``p`` =
+output features):
 
-* **ghost** (Gram) form: ``||sum_t g_t a_t^T||_F^2 = sum_{t,t'} (a_t . a_t')(g_t . g_t')``, cost ``T^2 (d + p)``;
-* **instantiate** that layer's per-example gradient (``g^T a`` per example, a batched matmul), cost ``T p d``.
+* **ghost** (Gram) form: ``||sum_t g_t a_t^T||_F^2 = sum_{t,t'} (a_t . a_t')(g_t . g_t')``, ``T^2 (d + p)``
+  multiply-adds; for a convolution the Gram of the unfolded input, or the cheaper Gram of the input itself
+  (shifted blocks summed over the kernel offsets);
+* **instantiate** that layer's per-example gradient: a batched matmul (``T p d``), for convolutions on the
+  unfolded input, or (**grouped**) one grouped convolution weight-gradient over a chunk of examples.
 
-Ghost is used when ``T (d + p) < p d`` (fewer multiply-adds), else instantiate. Convolutions are unfolded
-(im2col) first, per group. Normalisation layers (BatchNorm in eval mode, LayerNorm, GroupNorm) have per-channel
-affine parameters whose per-example gradients are sums of ``g * x_hat`` and ``g``: instantiated, cheap.
+The form is chosen per layer by multiply-adds (and, between the two instantiations, by measured speed).
+Normalisation layers (BatchNorm in eval mode, LayerNorm, GroupNorm) have per-channel affine parameters whose
+per-example gradients are sums of ``g * x_hat`` and ``g``: instantiated, cheap.
 
 Anything this engine cannot prove exact is refused with a reason (see :func:`norms_support`), and
 :func:`lightning_datadiet.grand` then falls back to the ``torch.func`` path (``method="auto"``) or raises
