@@ -154,6 +154,28 @@ def test_each_conv_form_is_picked_where_it_should_be_and_is_exact(conv, hw, form
     assert_exact(model, x, y)
 
 
+class SummedOutputs(nn.Module):
+    """Layer outputs summed right away: their output gradients arrive as zero-stride (expanded) tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 4, 3, stride=2, padding=1)
+        self.fc, self.head = nn.Linear(8, 6), nn.Linear(6 + 8 + 4, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        s = self.bn(h).sum((2, 3))  # [B, 8]
+        t = self.fc(h.flatten(2).transpose(1, 2)).sum(1)  # Linear over positions, summed
+        return self.head(torch.cat([t, s, self.conv2(h).sum((2, 3))], 1))
+
+
+def test_expanded_output_gradients():
+    torch.manual_seed(0)
+    model = _warm_bn(SummedOutputs().to(DT), lambda: torch.randn(16, 8, 6, 6, dtype=DT))
+    assert_exact(model, torch.randn(7, 8, 6, 6, dtype=DT), torch.randint(0, 3, (7,)))
+
+
 def test_workspace_chunks_cover_the_batch_unevenly():
     saved = _grand_layers._WORKSPACE_BYTES
     try:

@@ -220,13 +220,13 @@ def _one_pass(
 
 def _layer_hook(module: nn.Module, name: str, x: Tensor, strategy: str, parts: list[Tensor]) -> Callable[[Tensor], None]:
     """The tensor hook of one layer call: its squared norms from its input (kept only if its rule reads it)."""
-    kept = [x.detach() if needs_input(module) else None, x._version]
+    kept = [x.detach() if needs_input(module) else None, None if x.is_inference() else x._version]
     rule = RULES[_layer_kind(module)]
 
     def hook(grad: Tensor) -> None:
         x_, version = kept
         kept[0] = None  # release the input as soon as it is used
-        if x_ is not None and x_._version != version:
+        if x_ is not None and version is not None and x_._version != version:
             raise NormsUnsupportedError(
                 f"the input of module {name!r} ({type(module).__name__}) was modified in place after the module used it"
             )
