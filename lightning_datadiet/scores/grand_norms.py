@@ -247,8 +247,10 @@ def grand_norms(
         targets: ``[B]`` int64 class ids.
         chunk_size: examples per forward + backward pass (``None``: the whole batch). Results do not depend on it;
             peak memory grows with it like a training step's with its batch size.
-        strategy: ``"auto"`` (the cheaper exact form per layer), or force ``"ghost"`` / ``"instantiate"`` /
-            ``"grouped"`` (convolutions; other layers instantiate) for Linear, Conv and Embedding layers (tests).
+        strategy: ``"auto"`` (the cheaper exact form per layer), or force one form on every Linear, Conv and
+            Embedding layer (tests): ``"ghost"`` (for convolutions the cheaper of its two Grams), ``"ghost_input"``
+            / ``"ghost_unfold"`` (convolutions: that Gram; other layers: ghost), ``"instantiate"``, ``"grouped"``
+            (convolutions: the grouped weight gradient; other layers: instantiate).
 
     Raises:
         NormsUnsupportedError: the model is outside what the engine computes exactly (the message says why).
