@@ -9,7 +9,9 @@ Norms are reduced with one fused reduction (``vector_norm``), never by materiali
 Forms of a weight gradient ``sum_t g_t a_t^T`` (``T`` positions per example, ``d`` input and ``p`` output features
 per group; for a convolution ``d = C_in / groups x kernel size``):
 
-* ``"ghost"`` (Gram): ``sum_{t,t'} (a_t . a_t')(g_t . g_t')``, ``T^2 (d + p)`` multiply-adds per example;
+* ``"ghost"`` (Gram): ``sum_{t,t'} (a_t . a_t')(g_t . g_t')``, ``T^2 (d + p)`` multiply-adds per example; for a
+  convolution the Gram of the unfolded input (``"ghost_unfold"``) or, cheaper when positions are few, built from the
+  Gram of the input itself (``"ghost_input"``, ``S^2 C_in/groups`` for ``S`` input positions, no im2col);
 * ``"instantiate"``: the per-example gradient ``g^T a`` by a batched matmul (a convolution's input unfolded,
   im2col, per chunk), ``T p d``;
 * ``"grouped"`` (convolutions only): the per-example weight gradient as one grouped convolution weight-gradient
@@ -64,8 +66,8 @@ def _gram_costs(t: int, d: int, channels: int, positions: int) -> tuple[int, int
 
 def conv_form(t: int, d: int, p: int, channels: int, kernel: int, positions: int) -> str:
     """The form ``"auto"`` picks for a convolution, per group: ``t`` output positions, ``d`` unfolded input
-    features, ``p`` outputs, ``channels`` input channels, ``kernel`` kernel positions, ``positions`` (padded)
-    input positions. By multiply-adds per example (ghost: the cheaper of its two Grams, plus ``t^2 p`` for the
+    features, ``p`` outputs, ``channels`` input channels, ``kernel`` kernel positions, ``positions`` input
+    positions (zero padding excluded). By multiply-adds per example (ghost: the cheaper of its two Grams, plus ``t^2 p`` for the
     output gradient's), then, among the instantiations (``t p d``), by measured speed."""
     if min(_gram_costs(t, d, channels, positions)) + t * t * p < t * p * d:
         return "ghost"
