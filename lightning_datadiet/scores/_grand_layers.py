@@ -172,7 +172,7 @@ def _conv(m: nn.Conv1d | nn.Conv2d, x: Tensor, g: Tensor, strategy: str) -> Tens
         if ghost:
             per_group = torch.bmm(u.transpose(1, 2), u).mul_(torch.bmm(gc.transpose(1, 2), gc)).sum((1, 2))
         else:
-            per_group = _sq(torch.bmm(gc, u.transpose(1, 2)))
+            per_group = _sq(torch.bmm(u, gc.transpose(1, 2)))  # [d, p]: faster than [p, d] for small d, large T
         sq[i:j] += per_group.view(c, groups).sum(1)
     return sq
 
