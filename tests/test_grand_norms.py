@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_datadiet import GraNdCallback, grand
+from lightning_datadiet.scores import _grand_layers
+from lightning_datadiet.scores._grand_layers import conv_form, ghost_form
 from lightning_datadiet.scores.grand_norms import NormsUnsupportedError, grand_norms, norms_support
 
 from tiny import TinyNet
@@ -32,7 +34,7 @@ def _rel(a, b):
     return float(((a - b).abs() / b.abs()).max())
 
 
-def assert_exact(model, x, y, strategies=("auto", "ghost", "instantiate")):
+def assert_exact(model, x, y, strategies=("auto", "ghost", "ghost_input", "ghost_unfold", "instantiate", "grouped")):
     ref = naive(model, x, y)
     got = grand(model, x, y, method="norms")
     assert got.dtype == DT
@@ -41,6 +43,16 @@ def assert_exact(model, x, y, strategies=("auto", "ghost", "instantiate")):
         with torch.enable_grad():
             forced, _ = grand_norms(copy.deepcopy(model).eval(), x, y, strategy=s)
         assert _rel(forced, ref) <= 1e-6, (s, _rel(forced, ref))
+    # the rules work on chunks of examples that fit a workspace: one example per chunk, and uneven chunks
+    for workspace in (1, 3 * 1024):
+        saved, _grand_layers._WORKSPACE_BYTES = _grand_layers._WORKSPACE_BYTES, workspace
+        try:
+            for s in strategies:
+                with torch.enable_grad():
+                    forced, _ = grand_norms(copy.deepcopy(model).eval(), x, y, strategy=s)
+                assert _rel(forced, ref) <= 1e-6, (workspace, s, _rel(forced, ref))
+        finally:
+            _grand_layers._WORKSPACE_BYTES = saved
     return got
 
 
@@ -102,6 +114,115 @@ def test_batchnorm_in_eval_mode(bn, shape):
     assert not torch.equal(model.body.running_mean, torch.zeros(4))
     x, y = torch.randn(7, *shape, dtype=DT), torch.randint(0, 3, (7,))
     assert_exact(model, x, y)
+
+
+@pytest.mark.parametrize(
+    "conv,hw,form",
+    [
+        (nn.Conv2d(16, 8, 3, padding=1), 16, "grouped"),  # many positions, spatial kernel, 8-64 channels per group
+        (nn.Conv2d(16, 8, 3, padding=1, groups=2), 16, "grouped"),
+        (nn.Conv1d(12, 8, 3, padding=1), 32, "grouped"),
+        (nn.Conv2d(3, 8, 3, padding=1), 6, "instantiate"),  # few input channels: im2col is cheap
+        (nn.Conv2d(16, 8, 1), 6, "instantiate"),  # 1x1: the unfolded input is the input
+        (nn.Conv2d(72, 4, 3, padding=1), 8, "instantiate"),  # many channels per group
+        (nn.Conv2d(4, 4, 3, padding=1, groups=4), 5, "instantiate"),  # depthwise
+        (nn.Conv2d(16, 16, 3, padding=1), 4, "ghost_input"),  # few positions, stride 1: Gram of the input
+        (nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=2), 4, "ghost_input"),
+        (nn.Conv2d(32, 256, 3, stride=2, padding=1), 16, "ghost_unfold"),  # stride 2: Gram of the unfolded input
+    ],
+    ids=["grouped", "grouped-groups", "grouped-conv1d", "inst-rgb", "inst-1x1", "inst-wide", "inst-depthwise",
+         "ghost-input", "ghost-input-dilated-grouped", "ghost-unfold-strided"],
+)
+def test_each_conv_form_is_picked_where_it_should_be_and_is_exact(conv, hw, form):
+    """The automatic per-layer choice (by multiply-adds and input channels) picks each form on some shape; every
+    form, picked or forced, equals the naive loop, also with the examples split into uneven chunks."""
+    k = conv.kernel_size[0] * (conv.kernel_size[1] if len(conv.kernel_size) > 1 else 1)
+    ci, p = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+    conv2d = isinstance(conv, nn.Conv2d)
+    shape = (conv.in_channels, hw, hw) if conv2d else (conv.in_channels, hw)
+    torch.manual_seed(0)
+    model = Flat(conv, 1).to(DT)
+    with torch.no_grad():
+        out = conv.to(DT)(torch.zeros(1, *shape, dtype=DT))
+    model.head = nn.Linear(out.numel(), 3).to(DT)
+    t, positions = out[0, 0].numel(), hw * hw if conv2d else hw
+    picked = conv_form(t, ci * k, p, ci, k, positions)
+    if picked == "ghost":
+        picked = ghost_form(t, ci * k, ci, positions)
+    assert picked == form
+    x, y = torch.randn(7, *shape, dtype=DT), torch.randint(0, 3, (7,))
+    assert_exact(model, x, y)
+
+
+class SummedOutputs(nn.Module):
+    """Layer outputs summed right away: their output gradients arrive as zero-stride (expanded) tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 4, 3, stride=2, padding=1)
+        self.fc, self.head = nn.Linear(8, 6), nn.Linear(6 + 8 + 4, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        s = self.bn(h).sum((2, 3))  # [B, 8]
+        t = self.fc(h.flatten(2).transpose(1, 2)).sum(1)  # Linear over positions, summed
+        return self.head(torch.cat([t, s, self.conv2(h).sum((2, 3))], 1))
+
+
+def test_expanded_output_gradients():
+    torch.manual_seed(0)
+    model = _warm_bn(SummedOutputs().to(DT), lambda: torch.randn(16, 8, 6, 6, dtype=DT))
+    assert_exact(model, torch.randn(7, 8, 6, 6, dtype=DT), torch.randint(0, 3, (7,)))
+
+
+def test_workspace_chunks_cover_the_batch_unevenly():
+    saved = _grand_layers._WORKSPACE_BYTES
+    try:
+        _grand_layers._WORKSPACE_BYTES = 30
+        assert _grand_layers._chunks(7, 10) == [(0, 3), (3, 6), (6, 7)]
+        assert _grand_layers._chunks(7, 100) == [(i, i + 1) for i in range(7)]
+        assert _grand_layers._chunks(7, 0) == [(0, 7)]
+    finally:
+        _grand_layers._WORKSPACE_BYTES = saved
+
+
+def test_unknown_strategy_is_refused():
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        grand_norms(TinyNet(), torch.randn(2, 2, 4, 4), torch.tensor([0, 1]), strategy="fast")
+
+
+class InputChangedAfterUse(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc0, self.fc1, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        a = self.fc0(x) + 1
+        h = self.fc1(a)
+        a.mul_(2)  # fc1's input changes after fc1 used it
+        return self.head(torch.tanh(h) + a)
+
+
+def test_an_input_modified_in_place_after_the_layer_is_refused_not_miscounted():
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"input of module 'fc1' \(Linear\) was modified in place"):
+        grand(InputChangedAfterUse().to(DT), torch.randn(5, 4, dtype=DT), torch.randint(0, 3, (5,)), method="norms")
+
+
+class UnusedBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.side, self.head = nn.Linear(4, 4), nn.Linear(4, 2), nn.Linear(4, 3)
+
+    def forward(self, x):
+        self.side(x)  # runs, but the logits do not depend on it: its gradient is zero
+        return self.head(torch.tanh(self.fc(x)))
+
+
+def test_a_layer_whose_output_is_unused_counts_zero():
+    torch.manual_seed(0)
+    assert_exact(UnusedBranch().to(DT), torch.randn(7, 4, dtype=DT), torch.randint(0, 3, (7,)))
 
 
 class Tokens(nn.Module):

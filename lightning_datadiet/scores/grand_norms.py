@@ -1,17 +1,23 @@
 r"""The norm-only GraNd engine: exact per-example gradient norms from one ordinary backward pass.
 
-No per-example gradient of the whole model is ever formed. Forward hooks keep each supported layer's input and the
-gradient edge of its output; one backward pass of the *summed* per-example cross-entropy gives every layer's
-output gradient ``g`` (in eval mode examples do not interact, so row ``i`` of ``g`` is example ``i``'s own output
-gradient); then each layer adds the exact squared norm of its per-example weight and bias gradients, computed by
-the cheaper of two exact forms (``T`` = positions per example, ``d`` = input features, ``p`` = output features):
+No per-example gradient of the whole model is ever formed. A forward hook on each supported layer registers a
+hook on the layer's output tensor; one ordinary backward pass of the *summed* per-example cross-entropy, down to
+the layer outputs only (no weight gradient is computed), hands each of those hooks the layer's output gradient
+``g`` (in eval mode examples do not interact, so row ``i`` of ``g`` is example ``i``'s own), and the hook adds the
+exact squared norm of every example's gradient of that layer's weight and bias, then drops the layer's input and
+``g``: peak memory stays that of a training step. The per-layer rules live in
+:mod:`lightning_datadiet.scores._grand_layers` (``T`` = positions per example, ``d`` = input features, ``p`` =
+output features):
 
-* **ghost** (Gram) form: ``||sum_t g_t a_t^T||_F^2 = sum_{t,t'} (a_t . a_t')(g_t . g_t')``, cost ``T^2 (d + p)``;
-* **instantiate** that layer's per-example gradient (``g^T a`` per example, a batched matmul), cost ``T p d``.
+* **ghost** (Gram) form: ``||sum_t g_t a_t^T||_F^2 = sum_{t,t'} (a_t . a_t')(g_t . g_t')``, ``T^2 (d + p)``
+  multiply-adds; for a convolution the Gram of the unfolded input, or the cheaper Gram of the input itself
+  (shifted blocks summed over the kernel offsets);
+* **instantiate** that layer's per-example gradient: a batched matmul (``T p d``), for convolutions on the
+  unfolded input, or (**grouped**) one grouped convolution weight-gradient over a chunk of examples.
 
-Ghost is used when ``T (d + p) < p d`` (fewer multiply-adds), else instantiate. Convolutions are unfolded
-(im2col) first, per group. Normalisation layers (BatchNorm in eval mode, LayerNorm, GroupNorm) have per-channel
-affine parameters whose per-example gradients are sums of ``g * x_hat`` and ``g``: instantiated, cheap.
+The form is chosen per layer by multiply-adds (and, between the two instantiations, by measured speed).
+Normalisation layers (BatchNorm in eval mode, LayerNorm, GroupNorm) have per-channel affine parameters whose
+per-example gradients are sums of ``g * x_hat`` and ``g``: instantiated, cheap.
 
 Anything this engine cannot prove exact is refused with a reason (see :func:`norms_support`), and
 :func:`lightning_datadiet.grand` then falls back to the ``torch.func`` path (``method="auto"``) or raises
@@ -30,24 +36,19 @@ from torch.autograd.graph import get_gradient_edge
 from torch.utils._pytree import tree_map
 
 from lightning_datadiet.scores._checks import check_logits, check_targets
+from lightning_datadiet.scores._grand_layers import _BN, RULES, STRATEGIES, NormsUnsupportedError, needs_input
 
 __all__ = ["norms_support", "grand_norms", "NormsUnsupportedError", "SUPPORTED_LAYERS"]
 
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Conv1d, nn.Conv2d, *_BN, nn.LayerNorm, nn.GroupNorm, nn.Embedding
 )
-_EMBEDDING_GHOST_MAX_T = 8  # Gram of token equality up to 8 tokens per example, else index_add over unique tokens
 
 RANDOMNESS_MESSAGE = (
     "grand: the model draws random numbers in eval mode (e.g. torch.rand/randn or F.dropout(..., training=True) in "
     "forward), so its per-example gradients are not defined. Make the randomness depend on `self.training` (as "
     "nn.Dropout does), or score a submodule without it (GraNdCallback: `logits_module=`)."
 )
-
-
-class NormsUnsupportedError(ValueError):
-    """The norm-only engine cannot compute this model's per-example gradient norms exactly."""
 
 
 def _layer_kind(module: nn.Module) -> type[nn.Module] | None:
@@ -103,202 +104,14 @@ def norms_support(model: nn.Module) -> str | None:
     return None
 
 
-# ----------------------------------------------------------------------------------------- per-layer squared norms
-
-
-def _gram_or_matmul(a: Tensor, g: Tensor, strategy: str) -> Tensor:
-    """``[N, T, d]`` inputs and ``[N, T, p]`` output gradients -> ``[N]`` squared Frobenius norms of ``g^T a``."""
-    n, t, d = a.shape
-    p = g.shape[2]
-    if t == 1:
-        return a.pow(2).sum((1, 2)) * g.pow(2).sum((1, 2))
-    ghost = t * (d + p) < p * d if strategy == "auto" else strategy == "ghost"
-    if ghost:
-        return (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
-    return torch.bmm(g.transpose(1, 2), a).pow(2).sum((1, 2))
-
-
-def _linear(m: nn.Linear, x: Tensor, g: Tensor, strategy: str) -> Tensor:
-    b = g.shape[0]
-    g = g.reshape(b, -1, m.out_features)  # [B, T, p]
-    sq = g.new_zeros(b)
-    if m.bias is not None and m.bias.requires_grad:
-        sq = sq + g.sum(1).pow(2).sum(1)
-    if m.weight.requires_grad:
-        sq = sq + _gram_or_matmul(x.reshape(b, -1, m.in_features), g, strategy)
-    return sq
-
-
-def _unfold(x: Tensor, kernel: tuple, dilation: tuple, padding: tuple, stride: tuple) -> Tensor:
-    """im2col ``[B, C, H, W] -> [B, C*kh*kw, Ho*Wo]`` (``F.unfold``'s layout) as one strided copy, faster on CPU."""
-    if any(padding):
-        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-    b, c, h, w = x.shape
-    (kh, kw), (dh, dw), (sh, sw) = kernel, dilation, stride
-    ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
-    s0, s1, s2, s3 = x.stride()
-    windows = x.as_strided((b, c, kh, kw, ho, wo), (s0, s1, dh * s2, dw * s3, sh * s2, sw * s3))
-    return windows.reshape(b, c * kh * kw, ho * wo)
-
-
-def _conv_weight_sq_stride1(x: Tensor, g: Tensor, kernel: tuple, dilation: tuple, padding: tuple, groups: int) -> Tensor:
-    """Squared norms of per-example stride-1 conv weight gradients without an im2col copy.
-
-    With the input zero-padded and flattened row by row (row length ``Wp``), the input window of kernel offset
-    ``(i, j)`` is the contiguous slice starting at ``i*dh*Wp + j*dw``, provided the output gradient is laid out on
-    the same ``Wp``-wide rows (zeros in the ``Wp - Wo`` extra columns, so the wrapped-around entries count 0).
-    Each offset is then one batched matmul on a view: ``dW[:, :, :, i, j] = g' @ window^T``.
-    """
-    b, _, ho, wo = g.shape
-    (kh, kw), (dh, dw), (ph, pw) = kernel, dilation, padding
-    xp = F.pad(x, (pw, pw, ph, ph + (1 if kw > 1 else 0)))  # one extra row keeps the last window in bounds
-    wp = xp.shape[3]
-    flat = xp.flatten(2)  # [B, Ci, (Hp + 1) * Wp]
-    gp = (F.pad(g, (0, wp - wo)) if wp != wo else g).reshape(b * groups, -1, ho * wp)  # [B*G, p, Ho*Wp]
-    ci = flat.shape[1] // groups
-    length = ho * wp
-    sq = g.new_zeros(b * groups)
-    for i in range(kh):
-        for j in range(kw):
-            start = i * dh * wp + j * dw
-            window = flat[:, :, start : start + length].reshape(b * groups, ci, length)  # a view
-            sq += torch.bmm(gp, window.transpose(1, 2)).pow(2).sum((1, 2))
-    return sq.view(b, groups).sum(1)
-
-
-def _conv(m: nn.Conv1d | nn.Conv2d, x: Tensor, g: Tensor, strategy: str) -> Tensor:
-    b = g.shape[0]
-    sq = g.new_zeros(b)
-    if m.bias is not None and m.bias.requires_grad:
-        sq = sq + g.flatten(2).sum(2).pow(2).sum(1)
-    if not m.weight.requires_grad:
-        return sq
-    kernel, stride, dilation = m.kernel_size, m.stride, m.dilation
-    padding = m.padding
-    if isinstance(padding, str) or m.padding_mode != "zeros":  # pad exactly as the module does, then unfold
-        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-        x = F.pad(x, m._reversed_padding_repeated_twice, mode=mode)
-        padding = (0,) * len(kernel)
-    if x.ndim == 3:  # Conv1d as a 1 x L Conv2d
-        x, g = x.unsqueeze(2), g.unsqueeze(2)
-        kernel, stride, dilation, padding = (1, *kernel), (1, *stride), (1, *dilation), (0, *padding)
-    groups = m.groups
-    t = g.shape[2] * g.shape[3]
-    d, p = m.in_channels // groups * kernel[0] * kernel[1], m.out_channels // groups
-    ghost = t * (d + p) < p * d if strategy == "auto" else strategy == "ghost"
-    if not ghost and stride == (1, 1) and t > 1 and m.in_channels // groups >= 8:  # else im2col is cheaper
-        return sq + _conv_weight_sq_stride1(x, g, kernel, dilation, padding, groups)
-    u = _unfold(x, kernel, dilation, padding, stride)  # [B, Ci*k, T]
-    t = u.shape[2]
-    g = g.reshape(b * groups, m.out_channels // groups, t)  # [B*G, p, T]
-    if g.shape[2] != t:
-        raise NormsUnsupportedError(f"{type(m).__name__}: unfolded input and output gradient disagree in size")
-    u = u.view(b * groups, u.shape[1] // groups, t)  # [B*G, d, T]
-    per_group = _gram_or_matmul(u.transpose(1, 2), g.transpose(1, 2), "ghost" if ghost else "instantiate")
-    return sq + per_group.view(b, groups).sum(1)
-
-
-def _affine(m: nn.Module, g: Tensor, x_hat: Tensor | Callable[[], Tensor], keep: int) -> Tensor:
-    """Per-example gradients of an affine ``weight * x_hat + bias``: sums of ``g * x_hat`` and ``g`` over every
-    dimension but the batch and the ``keep`` parameter dimensions (given as a slice of dims)."""
-    b = g.shape[0]
-    sq = g.new_zeros(b)
-    dims = keep
-    if m.weight is not None and m.weight.requires_grad:
-        gw = g * (x_hat() if callable(x_hat) else x_hat)
-        sq = sq + (gw.sum(dims) if dims else gw).reshape(b, -1).pow(2).sum(1)
-    if getattr(m, "bias", None) is not None and m.bias.requires_grad:
-        sq = sq + (g.sum(dims) if dims else g).reshape(b, -1).pow(2).sum(1)
-    return sq
-
-
-def _batchnorm(m: nn.Module, x: Tensor, g: Tensor, strategy: str) -> Tensor:
-    if m.training:
-        raise NormsUnsupportedError(f"{type(m).__name__} ran in training mode (batch statistics)")
-    b, c = x.shape[:2]
-    sq = g.new_zeros(b)
-    g3 = g.reshape(b, c, -1)  # [B, C, S]
-    if m.weight is not None and m.weight.requires_grad:  # sum_s g * (x - mean) / sqrt(var + eps), per channel
-        centred = x.reshape(b, c, -1) - m.running_mean.view(1, c, 1)
-        gx = (g3 * centred).sum(2) * torch.rsqrt(m.running_var + m.eps)
-        sq = sq + gx.pow(2).sum(1)
-    if m.bias is not None and m.bias.requires_grad:
-        sq = sq + g3.sum(2).pow(2).sum(1)
-    return sq
-
-
-def _layernorm(m: nn.LayerNorm, x: Tensor, g: Tensor, strategy: str) -> Tensor:
-    k = len(m.normalized_shape)
-    if x.ndim <= k:
-        raise NormsUnsupportedError("LayerNorm normalises over the batch dimension")
-    norm_dims = tuple(range(x.ndim - k, x.ndim))
-
-    def x_hat() -> Tensor:
-        var, mean = torch.var_mean(x, norm_dims, correction=0, keepdim=True)
-        return (x - mean) * torch.rsqrt(var + m.eps)
-
-    return _affine(m, g, x_hat, tuple(range(1, x.ndim - k)))
-
-
-def _groupnorm(m: nn.GroupNorm, x: Tensor, g: Tensor, strategy: str) -> Tensor:
-    b = x.shape[0]
-
-    def x_hat() -> Tensor:
-        xr = x.reshape(b, m.num_groups, -1)
-        var, mean = torch.var_mean(xr, 2, correction=0, keepdim=True)
-        return ((xr - mean) * torch.rsqrt(var + m.eps)).view_as(x)
-
-    return _affine(m, g, x_hat, tuple(range(2, x.ndim)))
-
-
-def _embedding(m: nn.Embedding, ids: Tensor, g: Tensor, strategy: str) -> Tensor:
-    b = ids.shape[0]
-    ids = ids.reshape(b, -1)  # [B, T]
-    g = g.reshape(b, ids.shape[1], m.embedding_dim)  # [B, T, D]
-    if m.padding_idx is not None:  # the padding row gets no gradient
-        g = g * (ids != m.padding_idx).unsqueeze(-1).to(g.dtype)
-    t = ids.shape[1]
-    ghost = t <= _EMBEDDING_GHOST_MAX_T if strategy == "auto" else strategy == "ghost"
-    if ghost:  # sum_{t,t'} [id_t == id_t'] (g_t . g_t')
-        same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(g.dtype)
-        return (same * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
-    # instantiate only the rows each example touches: one row per distinct (example, token) pair
-    keys = (torch.arange(b, device=ids.device).unsqueeze(1) * m.num_embeddings + ids).reshape(-1)
-    unique, inverse = torch.unique(keys, return_inverse=True)
-    rows = g.new_zeros(unique.shape[0], m.embedding_dim).index_add_(0, inverse, g.reshape(-1, m.embedding_dim))
-    return g.new_zeros(b).index_add_(0, unique // m.num_embeddings, rows.pow(2).sum(1))
-
-
-_RULES: dict[type[nn.Module], Callable[[Any, Tensor, Tensor, str], Tensor]] = {
-    nn.Linear: _linear, nn.Conv1d: _conv, nn.Conv2d: _conv, nn.LayerNorm: _layernorm,
-    nn.GroupNorm: _groupnorm, nn.Embedding: _embedding, **dict.fromkeys(_BN, _batchnorm),
-}
-
 # ------------------------------------------------------------------------------------------------------- the pass
 
 
-def _graph_consumers(root: Any) -> dict[int, int]:
-    """Walk the autograd graph from ``root``: for every leaf tensor, how many graph edges lead into it."""
+def _consumers(root: Any, stop: set[Any] | frozenset = frozenset()) -> tuple[dict[int, int], set[Any]]:
+    """Walk the autograd graph from ``root`` down to (not through) the nodes in ``stop``: for every leaf tensor,
+    how many graph edges lead into it; and the nodes reached."""
     counts: dict[int, int] = {}
     seen, stack = {root}, [root]
-    while stack:
-        node = stack.pop()
-        for nxt, _ in node.next_functions:
-            if nxt is None:
-                continue
-            var = getattr(nxt, "variable", None)
-            if var is not None:
-                counts[id(var)] = counts.get(id(var), 0) + 1
-            elif nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return counts
-
-
-def _local_consumers(out_node: Any, stop: set[Any]) -> dict[int, int]:
-    """The same count, inside one module call: from its output's node down to (not through) its input's node."""
-    counts: dict[int, int] = {}
-    seen, stack = {out_node}, [out_node]
     while stack:
         node = stack.pop()
         for nxt, _ in node.next_functions:
@@ -310,7 +123,7 @@ def _local_consumers(out_node: Any, stop: set[Any]) -> dict[int, int]:
             elif nxt not in seen:
                 seen.add(nxt)
                 stack.append(nxt)
-    return counts
+    return counts, seen
 
 
 def _rng_states(device: torch.device) -> list[Tensor]:
@@ -323,8 +136,15 @@ def _rng_states(device: torch.device) -> list[Tensor]:
 def _one_pass(
     model: nn.Module, plan: dict[nn.Module, str], inputs: Any, targets: Tensor, strategy: str
 ) -> tuple[Tensor, Tensor]:
-    """Squared per-example gradient norms ``[B]`` and logits ``[B, K]`` of one chunk (model already in eval mode)."""
+    """Squared per-example gradient norms ``[B]`` and logits ``[B, K]`` of one chunk (model already in eval mode).
+
+    A forward hook on each supported layer registers a hook on its output tensor (before any later in-place op can
+    touch it, so the hook sees the gradient of the output as the layer produced it); during the one backward pass
+    of the summed loss that hook computes the layer's per-example squared norms from the layer's input and its
+    output gradient and then drops both, so inputs and output gradients are released as in an ordinary backward.
+    """
     calls: dict[nn.Module, list[tuple[Any, ...]]] = {m: [] for m in plan}
+    parts: list[Tensor] = []
 
     def keep(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         entry: tuple[Any, ...] = (args, kwargs, output)
@@ -332,7 +152,9 @@ def _one_pass(
             x = args[0]
             out_edge = get_gradient_edge(output) if output.requires_grad else None
             in_node = get_gradient_edge(x).node if x.requires_grad else None
-            entry = (x, output.shape, out_edge, in_node)
+            entry = (x.shape, output.shape, out_edge, in_node)
+            if out_edge is not None:
+                output.register_hook(_layer_hook(module, plan[module], x, strategy, parts))
         calls[module].append(entry)
 
     batch = targets.shape[0]
@@ -358,20 +180,20 @@ def _one_pass(
             raise NormsUnsupportedError(f"module {plan[m]!r} ({type(m).__name__}) is called {len(seen)} times in one forward (shared weights)")
         if seen and len(seen[0]) == 3:
             raise NormsUnsupportedError(f"module {plan[m]!r} ({type(m).__name__}) is called with other than one tensor")
-        if seen and (seen[0][0].shape[0] != batch or seen[0][1][0] != batch):
+        if seen and (seen[0][0][0] != batch or seen[0][1][0] != batch):
             raise NormsUnsupportedError(
                 f"module {plan[m]!r} ({type(m).__name__}) sees inputs/outputs whose first dimension is not the batch "
-                f"({tuple(seen[0][0].shape)} for a batch of {batch})"
+                f"({tuple(seen[0][0])} for a batch of {batch})"
             )
     if not logits.requires_grad:
         raise NormsUnsupportedError("the logits do not depend on any trainable parameter through autograd")
     loss = F.cross_entropy(logits, targets, reduction="sum")  # row i of every output gradient is example i's own
 
     # every trainable parameter must be reached only from inside its own module's (single) call
-    everywhere = _graph_consumers(loss.grad_fn)
-    used = [(m, c[0]) for m, c in calls.items() if c and c[0][2] is not None]
+    everywhere, reachable = _consumers(loss.grad_fn)
+    used = [(m, c[0]) for m, c in calls.items() if c and c[0][2] is not None and c[0][2].node in reachable]
     for m, (_, _, edge, in_node) in used:
-        inside = _local_consumers(edge.node, {in_node} if in_node is not None else set())
+        inside = _consumers(edge.node, {in_node} if in_node is not None else set())[0]
         for pname, p in _trainable_direct(m).items():
             if everywhere.get(id(p), 0) != inside.get(id(p), 0):
                 raise NormsUnsupportedError(
@@ -384,15 +206,42 @@ def _one_pass(
             if id(p) not in reached and everywhere.get(id(p), 0):
                 raise NormsUnsupportedError(
                     f"parameter {plan[m]}.{pname} is used although its module {plan[m]!r} ({type(m).__name__}) "
-                    "never ran as a module (e.g. F.linear(x, layer.weight) in a parent's forward)"
+                    "never ran as a module, or ran with an output that does not reach the logits (e.g. "
+                    "F.linear(x, layer.weight) in a parent's forward)"
                 )
-
-    grads = torch.autograd.grad(loss, [e for _, (_, _, e, _) in used], allow_unused=True)
+    calls.clear()
+    if used:  # the ordinary backward, down to the layer outputs only: no weight gradient is computed or stored
+        torch.autograd.backward(loss, inputs=[e for _, (_, _, e, _) in used])
     sq = logits.new_zeros(batch)
-    for (m, (x, _, _, _)), g in zip(used, grads):
-        if g is not None:
-            sq = sq + _RULES[_layer_kind(m)](m, x.detach(), g, strategy).to(sq.dtype)
+    for part in parts:
+        sq += part.to(sq.dtype)
     return sq.detach(), logits.detach()
+
+
+def _layer_hook(module: nn.Module, name: str, x: Tensor, strategy: str, parts: list[Tensor]) -> Callable[[Tensor], None]:
+    """The tensor hook of one layer call: its squared norms from its input (kept only if its rule reads it)."""
+    kept = [x.detach() if needs_input(module) else None, None if x.is_inference() else x._version]
+    rule = RULES[_layer_kind(module)]
+
+    def hook(grad: Tensor) -> None:
+        x_, version = kept
+        kept[0] = None  # release the input as soon as it is used
+        if x_ is not None and version is not None and x_._version != version:
+            raise NormsUnsupportedError(
+                f"the input of module {name!r} ({type(module).__name__}) was modified in place after the module used it"
+            )
+        parts.append(rule(module, x_, grad.detach(), strategy))
+
+    return hook
+
+
+def _alone_norm(model: nn.Module, inputs: Any, targets: Tensor) -> Tensor:
+    """One example's gradient norm by plain autograd (its loss alone, the parameters' gradients): an independent
+    check of the engine, cheaper than a second engine pass on one example."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = F.cross_entropy(model(inputs), targets, reduction="sum")
+    grads = [g for g in torch.autograd.grad(loss, params, allow_unused=True) if g is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
 
 
 def grand_norms(
@@ -407,13 +256,17 @@ def grand_norms(
         targets: ``[B]`` int64 class ids.
         chunk_size: examples per forward + backward pass (``None``: the whole batch). Results do not depend on it;
             peak memory grows with it like a training step's with its batch size.
-        strategy: ``"auto"`` (the cheaper exact form per layer), or force ``"ghost"`` / ``"instantiate"`` for
-            Linear, Conv and Embedding layers (tests).
+        strategy: ``"auto"`` (the cheaper exact form per layer), or force one form on every Linear, Conv and
+            Embedding layer (tests): ``"ghost"`` (for convolutions the cheaper of its two Grams), ``"ghost_input"``
+            / ``"ghost_unfold"`` (convolutions: that Gram; other layers: ghost), ``"instantiate"``, ``"grouped"``
+            (convolutions: the grouped weight gradient; other layers: instantiate).
 
     Raises:
         NormsUnsupportedError: the model is outside what the engine computes exactly (the message says why).
         RuntimeError: the model draws random numbers in eval mode.
     """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"grand_norms: strategy must be one of {STRATEGIES}, got {strategy!r}")
     reason = norms_support(model)
     if reason is not None:
         raise NormsUnsupportedError(reason)
@@ -429,8 +282,7 @@ def grand_norms(
     norms = sq.clamp_min(0).sqrt()
     if batch > 1:  # examples must not interact: the largest norm, scored alone, must come out the same
         i = int(norms.argmax())
-        alone = _one_pass(model, plan, tree_map(lambda t: t[i : i + 1], inputs), targets[i : i + 1], strategy)[0]
-        alone = alone.clamp_min(0).sqrt()[0]
+        alone = _alone_norm(model, tree_map(lambda t: t[i : i + 1], inputs), targets[i : i + 1]).to(norms.dtype)
         rtol = {torch.float64: 1e-6, torch.float32: 1e-3}.get(norms.dtype, 5e-2)
         if not bool((alone - norms[i]).abs() <= rtol * norms[i] + torch.finfo(norms.dtype).tiny):
             raise NormsUnsupportedError(
