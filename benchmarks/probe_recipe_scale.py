@@ -4,9 +4,10 @@
     # e.g. 50000 4 16 256 0.15 2  -> "n=50000 epochs=4 ...: test acc 0.81.. in ... s"
 
 Trains on the first N (class-stratified) CIFAR-10 training images of ../shared/data/cifar10-jpeg.zip (say so and stop
-when it is missing) with the study's own building blocks and prints the test accuracy it measures and the wall time.
+when it is missing; DATA= and ACCELERATOR=gpu override) with the study's own building blocks and prints the test accuracy it measures and the wall time.
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,8 @@ from lightning_datadiet.pipeline.build import (
     quiet_lightning,
 )
 
-DATA = Path("../shared/data/cifar10-jpeg.zip")
+DATA = Path(os.environ.get("DATA", "../shared/data/cifar10-jpeg.zip"))
+ACCELERATOR = os.environ.get("ACCELERATOR", "cpu")  # gpu: with bf16-mixed, as the gpu scale
 
 
 def main() -> None:
@@ -32,7 +34,8 @@ def main() -> None:
     threads = int(sys.argv[6]) if len(sys.argv) > 6 else None
     cfg = PipelineConfig(
         model="airbench", data_dir=str(DATA), train_subset=n if n < 50000 else None, epochs=epochs, width=width,
-        batch_size=batch, lr=lr, select_on_val=False, label_noise=[0.0], accelerator="cpu", tensorboard=False,
+        batch_size=batch, lr=lr, select_on_val=False, label_noise=[0.0], accelerator=ACCELERATOR, tensorboard=False,
+        precision="bf16-mixed" if ACCELERATOR == "gpu" else None,
         num_threads=threads,
     ).validate()  # fmt: skip
     with quiet_lightning(cfg):
