@@ -18,6 +18,7 @@ are drawn without replacement with a seeded ``torch.Generator``. ``corrupted_mas
 
 from __future__ import annotations
 
+import copy
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -345,14 +346,14 @@ class NoisyLabelDataModule(DataModuleWrapper):
         hook = getattr(self.datamodule, "score_dataset", None)
         if not callable(hook):
             return noisy
-        view = NoisyLabelDataset(
-            hook(), self.fraction, self.mode, self.seed, num_classes=self.num_classes, target_key=self.target_key
-        )
-        if not torch.equal(view.original_targets, noisy.original_targets):
+        items = hook()
+        if not torch.equal(dataset_targets(items, target_key=self.target_key), noisy.original_targets):
             raise ValueError(
                 f"{type(self.datamodule).__name__}.score_dataset() holds other labels than its training set: it must "
                 "be the training set itself without augmentation (same items, labels and order)."
             )
+        view = copy.copy(noisy)  # the noise already drawn, over the un-augmented items
+        view.dataset = items
         return view
 
     def _noise(self) -> NoisyLabelDataset:

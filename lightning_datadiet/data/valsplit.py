@@ -103,7 +103,9 @@ class ValidationSplitDataModule(DataModuleWrapper):
 
     def split(self) -> tuple[Tensor, Tensor]:
         """``(train_indices, val_indices)`` into the wrapped training set (computed once per training set)."""
-        train = self.wrapped_train_loader().dataset
+        return self._split_of(self.wrapped_train_loader().dataset)
+
+    def _split_of(self, train: Dataset) -> tuple[Tensor, Tensor]:
         if self._split is None or self._source is not train:
             n = len(train)  # type: ignore[arg-type]
             size = self.val_size if isinstance(self.val_size, int) else fraction_count(n, self.val_size)
@@ -122,12 +124,13 @@ class ValidationSplitDataModule(DataModuleWrapper):
 
     def train_dataloader(self) -> DataLoader:
         loader = self.wrapped_train_loader()
-        return rebuild_loader(loader, Subset(loader.dataset, self.split()[0].tolist()), same_indices=False,
+        kept = self._split_of(loader.dataset)[0]
+        return rebuild_loader(loader, Subset(loader.dataset, kept.tolist()), same_indices=False,
                               owner="ValidationSplitDataModule")  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
         loader = self.wrapped_train_loader()
-        view = Subset(self._scoring_view(loader.dataset), self.split()[1].tolist())
+        view = Subset(self._scoring_view(loader.dataset), self._split_of(loader.dataset)[1].tolist())
         settings = loader_settings(loader)
         settings.update(persistent_workers=False, generator=None)
         if settings["num_workers"] == 0:
@@ -137,4 +140,4 @@ class ValidationSplitDataModule(DataModuleWrapper):
     def score_dataset(self) -> Dataset:
         """The wrapped module's scoring view (``score_dataset()`` or its training set) at the kept indices."""
         train = self.wrapped_train_loader().dataset
-        return Subset(self._scoring_view(train), self.split()[0].tolist())
+        return Subset(self._scoring_view(train), self._split_of(train)[0].tolist())

@@ -109,7 +109,31 @@ class _NoisyTrainMixin:
         return noise.targets
 
 
-class DigitsDataModule(_NoisyTrainMixin, LightningDataModule):
+class _SplitsDataModule(_NoisyTrainMixin, LightningDataModule):
+    """The loaders of a DataModule holding ``train_dataset``, ``val_dataset`` (or ``None``) and ``test_dataset``;
+    subclasses define ``setup()`` and ``_loader(dataset, shuffle)``."""
+
+    train_dataset: Dataset | None
+    val_dataset: Dataset | None
+    test_dataset: Dataset | None
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:  # pragma: no cover - defined by subclasses
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup()
+        return self._loader(self.val_dataset, shuffle=False) if self.val_dataset is not None else []
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.test_dataset, shuffle=False)
+
+
+class DigitsDataModule(_SplitsDataModule):
     """scikit-learn's bundled handwritten digits (1797 grey 8x8 images, 10 classes; no download).
 
     The data is split once, class-stratified and deterministically by ``split_seed``: ``test_size`` items for
@@ -195,18 +219,6 @@ class DigitsDataModule(_NoisyTrainMixin, LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        self.setup()
-        return self._loader(self.val_dataset, shuffle=False) if self.val_dataset is not None else []
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.test_dataset, shuffle=False)
 
 
 # --------------------------------------------------------------------------------------------------- CIFAR-10
@@ -417,7 +429,7 @@ def load_cifar10_arrays(
     return torch.from_numpy(x), torch.from_numpy(y).long(), classes
 
 
-class CIFAR10DataModule(_NoisyTrainMixin, LightningDataModule):
+class CIFAR10DataModule(_SplitsDataModule):
     """CIFAR-10 from local files, with the standard training augmentation done on uint8 tensors.
 
     Images are held in memory as uint8 ``[N, 3, 32, 32]``; training items get a random 32x32 crop of the
@@ -523,15 +535,3 @@ class CIFAR10DataModule(_NoisyTrainMixin, LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        self.setup()
-        return self._loader(self.val_dataset, shuffle=False) if self.val_dataset is not None else []
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.test_dataset, shuffle=False)

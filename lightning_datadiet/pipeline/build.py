@@ -25,7 +25,6 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader
 
 from lightning_datadiet._utils import eval_mode
-from lightning_datadiet.callbacks._base import resolve_module
 from lightning_datadiet.data.fingerprint import dataset_fingerprint
 from lightning_datadiet.data.loaders import loader_batch_size
 from lightning_datadiet.data.noise import NoisyLabelDataModule
@@ -182,22 +181,29 @@ def accuracy(trainer: Trainer, pl_module: LightningModule, loader: Any, what: st
         loader = loader[0]
     if loader is None:
         raise PipelineError(f"The DataModule gives no {what} DataLoader: the study needs one to measure accuracy.")
-    module = resolve_module(pl_module, None)
     logits_fn = getattr(pl_module, "eval_logits", None)
-    forward = logits_fn if callable(logits_fn) else module
-    correct = total = 0
+    forward = logits_fn if callable(logits_fn) else pl_module
     device = pl_module.device
+    correct = torch.zeros((), dtype=torch.long, device=device)  # counted on the device: no host sync per batch
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    total = 0
     with eval_mode(pl_module), torch.no_grad(), trainer.precision_plugin.forward_context():
         for batch in loader:
             batch = trainer.strategy.batch_to_device(batch, device)
             inputs, targets = batch_inputs_targets(batch)
             logits = forward(inputs)
-            check_logits(logits, what=f"the model's output on the {what} set", batch_size=targets.shape[0])
-            correct += int((logits.argmax(dim=1) == targets.to(logits.device)).sum())
+            check_logits(logits, what=f"the model's output on the {what} set", batch_size=targets.shape[0], values=False)
+            correct += (logits.argmax(dim=1) == targets.to(logits.device)).sum()
+            finite &= torch.isfinite(logits).all()
             total += int(targets.shape[0])
     if total == 0:
         raise PipelineError(f"The {what} DataLoader is empty: the study needs {what} data to measure accuracy.")
-    return correct / total
+    if not bool(finite):
+        raise PipelineError(
+            f"The model's output on the {what} set holds NaN/inf logits: the fit diverged (lower the learning rate, "
+            "check the data), so its accuracy would mean nothing."
+        )
+    return int(correct) / total
 
 
 # ------------------------------------------------------------------------------------------------ identity of the data

@@ -19,6 +19,8 @@ from typing import Any
 from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
+from lightning_datadiet._utils import plain
+
 __all__ = ["SpecError", "import_class", "accepts", "normalize_spec", "instantiate_spec", "trainer_objects"]
 
 
@@ -66,12 +68,6 @@ def _parser(kind: str) -> Any:
     return parser
 
 
-def _as_dict(value: Any) -> Any:
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    return value
-
-
 def _instantiate(parser: Any, namespace: Any) -> Any:
     with warnings.catch_warnings():  # instantiate_classes is deprecated from jsonargparse 4.49 (instantiate replaces it)
         warnings.simplefilter("ignore")
@@ -81,7 +77,7 @@ def _instantiate(parser: Any, namespace: Any) -> Any:
 
 def _parse(kind: str, value: Any) -> Any:
     try:
-        return _parser(kind).parse_object({kind: copy.deepcopy(_as_dict(value))})  # (it may change what it is given)
+        return _parser(kind).parse_object({kind: copy.deepcopy(plain(value))})  # (it may change what it is given)
     except Exception as err:  # jsonargparse reports type errors and unknown init args as ArgumentError
         what = {"model": "--model (a LightningModule)", "data": "--data (a LightningDataModule)"}.get(kind, "--trainer")
         raise SpecError(f"{what}: {err}") from err
@@ -91,12 +87,12 @@ def normalize_spec(kind: str, spec: Any) -> dict[str, Any]:
     """A complete ``{"class_path", "init_args"}`` dict for ``kind`` ``"model"`` or ``"data"``: the class path
     resolved to its full dotted name and every init arg with its value (defaults filled in), checked against the
     class's signature and type hints. Raises :class:`SpecError` naming the problem."""
-    spec = _as_dict(spec)
+    spec = plain(spec)
     if isinstance(spec, str):
         spec = {"class_path": spec}
     if not isinstance(spec, dict) or "class_path" not in spec:
         raise SpecError(f"--{kind} must be a class path with init args ({{class_path: ..., init_args: ...}}), got {spec!r}.")
-    return _as_dict(getattr(_parse(kind, spec), kind))
+    return plain(getattr(_parse(kind, spec), kind))
 
 
 def instantiate_spec(kind: str, spec: dict[str, Any]) -> Any:
@@ -107,7 +103,7 @@ def instantiate_spec(kind: str, spec: dict[str, Any]) -> Any:
 
 def trainer_defaults() -> dict[str, Any]:
     """Trainer's own defaults, as the ``--trainer`` group of the parser holds them."""
-    return _as_dict(_parser("trainer").get_defaults().trainer)
+    return plain(_parser("trainer").get_defaults().trainer)
 
 
 def trainer_objects(options: dict[str, Any]) -> dict[str, Any]:
@@ -116,5 +112,5 @@ def trainer_objects(options: dict[str, Any]) -> dict[str, Any]:
     if not options:
         return {}
     namespace = _parse("trainer", options)
-    built = _as_dict(_instantiate(_parser("trainer"), namespace).trainer)
+    built = plain(_instantiate(_parser("trainer"), namespace).trainer)
     return {name: built[name] for name in options}

@@ -37,7 +37,10 @@ def check_targets(targets: Tensor, batch_size: int, num_classes: int | None, *, 
             )
 
 
-def check_logits(logits: Tensor, *, what: str, batch_size: int | None = None) -> None:
+def check_logits(logits: Tensor, *, what: str, batch_size: int | None = None, values: bool = True) -> None:
+    """Shape and dtype of a ``[B, K]`` logits tensor, then (``values=True``, one host sync) that every value is
+    finite and that the rows are not probabilities. ``values=False`` checks shape and dtype only (no sync), for
+    loops that check the values once at the end."""
     if not isinstance(logits, Tensor):
         raise TypeError(
             f"{what}: the model output must be a logits tensor [B, K], got {type(logits).__name__}. If your forward "
@@ -57,7 +60,7 @@ def check_logits(logits: Tensor, *, what: str, batch_size: int | None = None) ->
         )
     if batch_size is not None and logits.shape[0] != batch_size:
         raise ValueError(f"{what}: the logits have {logits.shape[0]} rows for a batch of {batch_size} examples.")
-    if logits.numel() == 0:
+    if logits.numel() == 0 or not values:
         return
     # one host sync for both checks: all finite? do the rows look like probabilities rather than logits?
     rows = logits.detach()
